@@ -1,0 +1,135 @@
+// DispatchStage: the MoE dispatch stage as an engine embeds it. One CUDA graph per token-count
+// bucket, captured over persistent device buffers, replayed per step with no allocation.
+//
+// Contract
+// - Construction allocates every device buffer the stage will use (sized for the largest bucket)
+//   on config.device and, with CaptureMode::kEager, captures and uploads one graph per bucket.
+//   Nothing is allocated afterwards, except the overflow buffers of OverflowPolicy::kEager, grown
+//   once per new high-water mark and counted in stats().
+// - run() is stream-ordered: it enqueues work on `stream` and returns without synchronizing. The
+//   count reaches the device through a memset node inside the graph whose value is set for each
+//   launch, so back-to-back runs with different counts never race.
+// - Outputs (DispatchOutputs) point into the stage's buffers. They hold the result of the last run
+//   once the work enqueued by that run is complete, and are overwritten by the next run: the
+//   caller orders its consumers before the next run (same stream, or an event).
+// - Thread-safety: a stage is used by one host thread at a time, and its runs are ordered (one
+//   stream, or streams the caller orders). Concurrent work uses one stage per stream.
+// - Device: every call sets config.device current for its duration and restores the caller's
+//   device, so the stage works whatever device is current. Streams passed in must belong to that
+//   device (checked; ArgumentError otherwise).
+// - Inside the caller's stream capture, run() adds the bucket's graph to the caller's graph as a
+//   child node with the count fixed to the value passed, so an engine that captures its whole
+//   forward pass gets the dispatch inside its graph.
+// - Errors: ArgumentError for bad arguments (nothing is enqueued), CudaError for a failed CUDA call
+//   (the message names the call, file and line). After a CudaError that is sticky
+//   (CudaError::sticky()), the CUDA context and this stage are unusable; after any other, the
+//   stage stays usable. A failed capture falls back to eager launches for that bucket (logged once).
+// - Lifetime: the stage may be moved freely (its device state does not move). The destructor waits
+//   for the device to finish queued work before freeing buffers, so destroying a stage with runs
+//   in flight is safe; the caller must not read outputs of a destroyed stage.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "moe_dispatch/config.hpp"
+
+namespace moe_dispatch {
+
+// Written by every run, on the device.
+struct DeviceCounters {
+  std::int32_t invalid_ids;      // slots whose id was outside [0, num_experts): skipped
+  std::int32_t count_clamped;    // 1 when a device-side count was outside [0, max_tokens]
+  std::int32_t num_tokens;       // the count the kernels used
+};
+
+// Device pointers into the stage's buffers; valid until the next run (see contract above).
+struct DispatchOutputs {
+  const std::int32_t* sorted_token_ids = nullptr;     // sorted_capacity(numel) entries used
+  const std::int32_t* expert_ids = nullptr;           // expert_ids_capacity(numel) entries used
+  const std::int32_t* num_tokens_post_pad = nullptr;  // [1]
+  const DeviceCounters* counters = nullptr;           // [1]
+  std::int64_t sorted_token_ids_size = 0;  // entries of sorted_token_ids allocated
+  std::int64_t expert_ids_size = 0;        // entries of expert_ids allocated
+  int num_tokens = 0;   // host-known count (run), or max_tokens (run_device_count)
+  int bucket = 0;       // token capacity of the graph replayed; 0 for an eager overflow run
+  bool replayed = false;  // false for eager launches (overflow, or a bucket whose capture failed)
+};
+
+struct BucketStats {
+  int tokens = 0;                // the bucket's token capacity
+  std::int64_t replays = 0;      // graph launches (host count and device count)
+  std::int64_t captures = 0;     // graphs captured for this bucket
+  std::int64_t child_nodes = 0;  // times added to a caller's graph
+  std::int64_t eager_runs = 0;   // runs launched without a graph (capture failed)
+  bool captured = false;
+};
+
+struct StageStats {
+  std::vector<BucketStats> buckets;
+  std::int64_t device_bytes = 0;         // device memory held by the stage now
+  std::int64_t device_allocations = 0;   // cudaMalloc calls made by the stage, ever
+  std::int64_t overflow_runs = 0;        // runs above the largest bucket (OverflowPolicy::kEager)
+  std::int64_t overflow_growths = 0;     // times the overflow buffers grew
+};
+
+class DispatchStage {
+ public:
+  // Allocates and captures on config.device. `external_input`, when given, is the engine's own
+  // persistent topk_ids buffer (device memory on config.device, at least max_tokens * top_k
+  // int32 entries, alive as long as the stage); otherwise the stage owns one (see input()).
+  explicit DispatchStage(const DispatchConfig& config, std::int32_t* external_input = nullptr);
+  ~DispatchStage();
+  DispatchStage(DispatchStage&&) noexcept;
+  DispatchStage& operator=(DispatchStage&&) noexcept;
+  DispatchStage(const DispatchStage&) = delete;
+  DispatchStage& operator=(const DispatchStage&) = delete;
+
+  const DispatchConfig& config() const;
+  int max_tokens() const;  // the largest bucket
+
+  // The persistent topk_ids input: max_tokens() * top_k int32 entries, row-major by token.
+  std::int32_t* input();
+  // The input to write for a step of `num_tokens`: input() up to max_tokens(); above it, the
+  // overflow input under OverflowPolicy::kEager (grown if needed), else ArgumentError.
+  std::int32_t* input_for(int num_tokens);
+
+  // The smallest bucket >= num_tokens; 0 when num_tokens exceeds max_tokens().
+  int bucket_for(int num_tokens) const;
+
+  // Aligns the first num_tokens rows of input_for(num_tokens) on `stream`.
+  DispatchOutputs run(int num_tokens, cudaStream_t stream);
+
+  // Aligns the first *d_num_tokens rows of input(); the count is read on the device
+  // (d_num_tokens: device memory on config.device, written by earlier work on `stream`).
+  // max_tokens (host) picks the bucket; a device count outside [0, max_tokens] is clamped to
+  // max_tokens and flagged in DeviceCounters::count_clamped.
+  DispatchOutputs run_device_count(const std::int32_t* d_num_tokens, int max_tokens,
+                                   cudaStream_t stream);
+
+  // Adds the bucket graph for num_tokens to `parent` as a child graph node (count fixed to
+  // num_tokens) depending on `deps`; returns the node. The caller's graph then owns a copy.
+  cudaGraphNode_t add_to_graph(cudaGraph_t parent, const cudaGraphNode_t* deps,
+                               std::size_t num_deps, int num_tokens);
+  // The same with the count read from d_num_tokens at replay time (bucket chosen by max_tokens).
+  cudaGraphNode_t add_to_graph_device_count(cudaGraph_t parent, const cudaGraphNode_t* deps,
+                                            std::size_t num_deps, const std::int32_t* d_num_tokens,
+                                            int max_tokens);
+
+  // Opt-in host copy: enqueues the copy of num_tokens_post_pad on `stream`, then synchronizes
+  // `stream` and returns the value.
+  std::int32_t read_num_tokens_post_pad(cudaStream_t stream);
+  // Opt-in host copy of the counters of the last run; synchronizes `stream`.
+  DeviceCounters read_counters(cudaStream_t stream);
+
+  StageStats stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace moe_dispatch
