@@ -50,15 +50,15 @@ enum class CaptureMode {
 };
 
 struct DispatchConfig {
-  int num_experts = 0;  // E, 1..kMaxExperts
-  int top_k = 0;        // 1..min(kMaxTopK, E)
-  int block_size = 0;   // B, GEMM tile rows, 1..kMaxBlockSize
+  int num_experts = 0;       // E, 1..kMaxExperts
+  int top_k = 0;             // 1..min(kMaxTopK, E)
+  int block_size = 0;        // B, GEMM tile rows, 1..kMaxBlockSize
   std::vector<int> buckets;  // ascending, unique, positive token counts; the last is the capacity
   bool pad_sorted_ids = false;  // round the sorted_token_ids capacity up to a multiple of B
   std::optional<ExpertMap> expert_map;
   OverflowPolicy overflow = OverflowPolicy::kError;
   CaptureMode capture = CaptureMode::kEager;
-  int device = 0;  // CUDA device ordinal the stage lives on
+  int device = 0;   // CUDA device ordinal the stage lives on
   bool log = true;  // one line on stderr for each fallback or overflow event
 
   int max_tokens() const { return buckets.empty() ? 0 : buckets.back(); }

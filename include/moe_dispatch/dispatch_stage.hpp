@@ -7,8 +7,10 @@
 //   Nothing is allocated afterwards, except the overflow buffers of OverflowPolicy::kEager, grown
 //   once per new high-water mark and counted in stats().
 // - run() is stream-ordered: it enqueues work on `stream` and returns without synchronizing. The
-//   count reaches the device through a memset node inside the graph whose value is set for each
-//   launch, so back-to-back runs with different counts never race.
+//   count reaches the device as a parameter of the graph's first kernel, set on the executable
+//   graph for each launch (later launches only), so back-to-back runs with different counts never
+//   race; the first kernel writes the count it used to DeviceCounters::num_tokens in device
+//   memory, where the later kernels of the launch (and the caller) read it.
 // - Outputs (DispatchOutputs) point into the stage's buffers. They hold the result of the last run
 //   once the work enqueued by that run is complete, and are overwritten by the next run: the
 //   caller orders its consumers before the next run (same stream, or an event).
@@ -23,7 +25,8 @@
 // - Errors: ArgumentError for bad arguments (nothing is enqueued), CudaError for a failed CUDA call
 //   (the message names the call, file and line). After a CudaError that is sticky
 //   (CudaError::sticky()), the CUDA context and this stage are unusable; after any other, the
-//   stage stays usable. A failed capture falls back to eager launches for that bucket (logged once).
+//   stage stays usable. A failed capture falls back to eager launches for that bucket (logged
+//   once).
 // - Lifetime: the stage may be moved freely (its device state does not move). The destructor waits
 //   for the device to finish queued work before freeing buffers, so destroying a stage with runs
 //   in flight is safe; the caller must not read outputs of a destroyed stage.
@@ -41,9 +44,9 @@ namespace moe_dispatch {
 
 // Written by every run, on the device.
 struct DeviceCounters {
-  std::int32_t invalid_ids;      // slots whose id was outside [0, num_experts): skipped
-  std::int32_t count_clamped;    // 1 when a device-side count was outside [0, max_tokens]
-  std::int32_t num_tokens;       // the count the kernels used
+  std::int32_t invalid_ids;    // slots whose id was outside [0, num_experts): skipped
+  std::int32_t count_clamped;  // 1 when a device-side count was outside [0, max_tokens]
+  std::int32_t num_tokens;     // the count the kernels used (after clamping)
 };
 
 // Device pointers into the stage's buffers; valid until the next run (see contract above).
@@ -52,10 +55,10 @@ struct DispatchOutputs {
   const std::int32_t* expert_ids = nullptr;           // expert_ids_capacity(numel) entries used
   const std::int32_t* num_tokens_post_pad = nullptr;  // [1]
   const DeviceCounters* counters = nullptr;           // [1]
-  std::int64_t sorted_token_ids_size = 0;  // entries of sorted_token_ids allocated
-  std::int64_t expert_ids_size = 0;        // entries of expert_ids allocated
-  int num_tokens = 0;   // host-known count (run), or max_tokens (run_device_count)
-  int bucket = 0;       // token capacity of the graph replayed; 0 for an eager overflow run
+  std::int64_t sorted_token_ids_size = 0;             // entries of sorted_token_ids allocated
+  std::int64_t expert_ids_size = 0;                   // entries of expert_ids allocated
+  int num_tokens = 0;     // host-known count (run), or max_tokens (run_device_count)
+  int bucket = 0;         // token capacity of the graph replayed; 0 for an eager overflow run
   bool replayed = false;  // false for eager launches (overflow, or a bucket whose capture failed)
 };
 
@@ -70,10 +73,10 @@ struct BucketStats {
 
 struct StageStats {
   std::vector<BucketStats> buckets;
-  std::int64_t device_bytes = 0;         // device memory held by the stage now
-  std::int64_t device_allocations = 0;   // cudaMalloc calls made by the stage, ever
-  std::int64_t overflow_runs = 0;        // runs above the largest bucket (OverflowPolicy::kEager)
-  std::int64_t overflow_growths = 0;     // times the overflow buffers grew
+  std::int64_t device_bytes = 0;        // device memory held by the stage now
+  std::int64_t device_allocations = 0;  // cudaMalloc calls made by the stage, ever
+  std::int64_t overflow_runs = 0;       // runs above the largest bucket (OverflowPolicy::kEager)
+  std::int64_t overflow_growths = 0;    // times the overflow buffers grew
 };
 
 class DispatchStage {
@@ -105,8 +108,8 @@ class DispatchStage {
 
   // Aligns the first *d_num_tokens rows of input(); the count is read on the device
   // (d_num_tokens: device memory on config.device, written by earlier work on `stream`).
-  // max_tokens (host) picks the bucket; a device count outside [0, max_tokens] is clamped to
-  // max_tokens and flagged in DeviceCounters::count_clamped.
+  // max_tokens (host, 0..max_tokens()) picks the bucket; a device count outside [0, bucket] is
+  // clamped into it and flagged in DeviceCounters::count_clamped (never read out of bounds).
   DispatchOutputs run_device_count(const std::int32_t* d_num_tokens, int max_tokens,
                                    cudaStream_t stream);
 

@@ -49,11 +49,10 @@ namespace detail {
 
 // Checks a cudaError_t-returning expression; throws moe_dispatch::CudaError naming the call, the
 // error, the file and the line.
-#define MOE_DISPATCH_CUDA_CHECK(expr)                                                 \
-  do {                                                                                \
-    const cudaError_t moe_dispatch_status_ = (expr);                                  \
-    if (moe_dispatch_status_ != cudaSuccess) {                                        \
-      ::moe_dispatch::detail::throw_cuda_error(moe_dispatch_status_, #expr, __FILE__, \
-                                               __LINE__);                             \
-    }                                                                                 \
+#define MOE_DISPATCH_CUDA_CHECK(expr)                                                            \
+  do {                                                                                           \
+    const cudaError_t moe_dispatch_status_ = (expr);                                             \
+    if (moe_dispatch_status_ != cudaSuccess) {                                                   \
+      ::moe_dispatch::detail::throw_cuda_error(moe_dispatch_status_, #expr, __FILE__, __LINE__); \
+    }                                                                                            \
   } while (false)

@@ -23,8 +23,8 @@ std::vector<std::int32_t> rows_of(int num_tokens, int top_k, int num_experts, Dr
     std::int32_t* row = ids.data() + static_cast<std::size_t>(t) * top_k;
     for (int k = 0; k < top_k; ++k) {
       std::int32_t e = draw();
-      for (int tries = 0; num_experts >= top_k && tries < 64 && std::find(row, row + k, e) != row + k;
-           ++tries) {
+      for (int tries = 0;
+           num_experts >= top_k && tries < 64 && std::find(row, row + k, e) != row + k; ++tries) {
         e = draw();
       }
       while (num_experts >= top_k && std::find(row, row + k, e) != row + k) {
@@ -85,11 +85,16 @@ std::vector<std::int32_t> make_routing(Routing kind, int num_tokens, int top_k, 
 
 const char* to_string(Routing kind) {
   switch (kind) {
-    case Routing::kUniform: return "uniform";
-    case Routing::kOneExpert: return "one-expert";
-    case Routing::kOneNonEmpty: return "one-non-empty";
-    case Routing::kZipf: return "zipf";
-    case Routing::kWithInvalid: return "with-invalid";
+    case Routing::kUniform:
+      return "uniform";
+    case Routing::kOneExpert:
+      return "one-expert";
+    case Routing::kOneNonEmpty:
+      return "one-non-empty";
+    case Routing::kZipf:
+      return "zipf";
+    case Routing::kWithInvalid:
+      return "with-invalid";
   }
   return "?";
 }

@@ -13,7 +13,8 @@ bool has_gpu();
 enum class Routing {
   kUniform,      // ids uniform in [0, E)
   kOneExpert,    // every slot to one expert
-  kOneNonEmpty,  // every expert empty but one (with top_k distinct slots filled from its neighbours)
+  kOneNonEmpty,  // every expert empty but one (with top_k distinct slots filled from its
+                 // neighbours)
   kZipf,         // Zipf-like skew over experts
   kWithInvalid,  // uniform, with ~5% ids outside [0, E) (negative and >= E)
 };

@@ -1,0 +1,357 @@
+// dispatch_bench: what the dispatch stage costs on this GPU.
+//
+//   dispatch_bench kernels [--json FILE] [--md FILE]
+//     Per shape (DESIGN.md §5) x tokens {1, 8, 64, 256, 1024, 4096, 16384}: microseconds per call
+//     (medians of repeated trials) for
+//       eager    align_async() launched per call into persistent buffers (host launch included)
+//       graph    100 calls captured in one CUDA graph, replayed: kernel time without launch gaps
+//       replay   DispatchStage::run(): one graph replay per call, count set per call (what an
+//                engine pays per layer per step); floor: 1.7 us for a one-node graph
+//   dispatch_bench stage CONFIG [--json FILE] [--md FILE]
+//     Per bucket of CONFIG: host submit time of run(), GPU time per replay, run()+sync round trip
+//     (p50/p99), against eager launches into persistent buffers and eager launches that allocate
+//     their outputs per call (stream-ordered cudaMallocAsync/cudaFreeAsync, as a framework op).
+//
+// Uses only the public API. Routing is uniform random ids (distinct per token), never zeros.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "moe_dispatch/align_async.hpp"
+#include "moe_dispatch/config.hpp"
+#include "moe_dispatch/cuda_raii.hpp"
+#include "moe_dispatch/dispatch_stage.hpp"
+#include "moe_dispatch/errors.hpp"
+
+namespace md = moe_dispatch;
+
+namespace {
+
+constexpr double kOneNodeFloorUs = 1.7;  // DESIGN.md §4, same H100
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+double percentile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0
+                   : v[std::min(v.size() - 1,
+                                static_cast<std::size_t>(q * static_cast<double>(v.size())))];
+}
+
+// Median over `trials` of (GPU time of `calls` invocations of `body`) / calls, in microseconds.
+double time_per_call_us(cudaStream_t stream, int trials, int calls,
+                        const std::function<void()>& body) {
+  const md::Event start = md::make_event(true);
+  const md::Event stop = md::make_event(true);
+  for (int i = 0; i < calls; ++i) body();  // warm-up
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+  std::vector<double> samples;
+  for (int t = 0; t < trials; ++t) {
+    MOE_DISPATCH_CUDA_CHECK(cudaEventRecord(start.get(), stream));
+    for (int i = 0; i < calls; ++i) body();
+    MOE_DISPATCH_CUDA_CHECK(cudaEventRecord(stop.get(), stream));
+    MOE_DISPATCH_CUDA_CHECK(cudaEventSynchronize(stop.get()));
+    float ms = 0;
+    MOE_DISPATCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start.get(), stop.get()));
+    samples.push_back(1000.0 * ms / calls);
+  }
+  return median(samples);
+}
+
+std::vector<std::int32_t> uniform_routing(int tokens, int top_k, int experts, std::mt19937& rng) {
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(tokens) * top_k);
+  std::uniform_int_distribution<int> pick(0, experts - 1);
+  for (int t = 0; t < tokens; ++t) {
+    for (int k = 0; k < top_k; ++k) {
+      int e = pick(rng);
+      while (std::find(ids.begin() + t * top_k, ids.begin() + t * top_k + k, e) !=
+             ids.begin() + t * top_k + k) {
+        e = pick(rng);
+      }
+      ids[static_cast<std::size_t>(t) * top_k + k] = e;
+    }
+  }
+  return ids;
+}
+
+// Persistent buffers for align_async at one capacity.
+struct EagerBuffers {
+  md::DeviceBuffer<std::int32_t> input, count, sorted, expert_ids, post_pad;
+  md::DeviceBuffer<char> scratch;
+  md::AlignBuffersView view;
+  EagerBuffers(const md::AlignShape& shape, int tokens, const std::vector<std::int32_t>& ids)
+      : input(ids.size()),
+        count(1),
+        sorted(static_cast<std::size_t>(
+            md::sorted_capacity(shape, std::int64_t{tokens} * shape.top_k))),
+        expert_ids(static_cast<std::size_t>(
+            md::expert_ids_capacity(shape, std::int64_t{tokens} * shape.top_k))),
+        post_pad(4),
+        scratch(md::align_scratch_bytes(shape, tokens)) {
+    MOE_DISPATCH_CUDA_CHECK(
+        cudaMemcpy(input.get(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+    MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(count.get(), &tokens, 4, cudaMemcpyHostToDevice));
+    view.topk_ids = input.get();
+    view.num_tokens = count.get();
+    view.sorted_token_ids = sorted.get();
+    view.expert_ids = expert_ids.get();
+    view.num_tokens_post_pad = post_pad.get();
+    view.scratch = scratch.get();
+  }
+};
+
+struct Shape {
+  const char* model;
+  int experts, top_k, block;
+};
+
+// Best peer kernel under graph replay on the same H100 (DESIGN.md §6), where measured.
+double peer_graph_us(const Shape& s, int tokens) {
+  struct Point {
+    int tokens, experts, top_k, block;
+    double us;
+  };
+  static const Point points[] = {
+      {1, 256, 8, 64, 5.3},     {8, 64, 2, 64, 10.4},     {64, 8, 2, 64, 4.3},
+      {256, 256, 8, 64, 6.4},   {1024, 256, 8, 64, 9.4},  {4096, 64, 2, 128, 9.1},
+      {4096, 256, 8, 64, 21.6}, {16384, 64, 2, 64, 21.9}, {16384, 256, 8, 64, 71.0}};
+  for (const Point& p : points) {
+    if (p.tokens == tokens && p.experts == s.experts && p.top_k == s.top_k && p.block == s.block) {
+      return p.us;
+    }
+  }
+  return 0.0;
+}
+
+std::string fmt(double v, int prec = 2) {
+  if (v <= 0) return "—";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.*f", prec, v);
+  return buf;
+}
+
+void write_file(const std::string& path, const std::string& text) {
+  if (path.empty()) return;
+  std::ofstream out(path);
+  out << text;
+  if (!out) throw std::runtime_error("cannot write " + path);
+}
+
+int bench_kernels(const std::string& json_path, const std::string& md_path) {
+  const Shape shapes[] = {{"Mixtral 8x7B", 8, 2, 64},
+                          {"vLLM task (B=64)", 64, 2, 64},
+                          {"vLLM task", 64, 2, 128},
+                          {"Qwen3 MoE", 128, 8, 64},
+                          {"DeepSeek-V3", 256, 8, 64}};
+  const int token_counts[] = {1, 8, 64, 256, 1024, 4096, 16384};
+  const md::Stream stream_owner = md::make_stream();
+  cudaStream_t stream = stream_owner.get();
+  std::mt19937 rng(42);
+  std::ostringstream json, table;
+  json << "{\"mode\": \"kernels\", \"rows\": [\n";
+  table << "| model | E | top_k | B | tokens | launches | eager µs | graph µs | replay µs | "
+           "floor/replay | best peer graph µs |\n"
+        << "|---|---|---|---|---|---|---|---|---|---|---|\n";
+  bool first = true;
+  for (const Shape& s : shapes) {
+    const md::AlignShape shape{s.experts, s.top_k, s.block, false};
+    for (const int tokens : token_counts) {
+      const auto ids = uniform_routing(tokens, s.top_k, s.experts, rng);
+      EagerBuffers eb(shape, tokens, ids);
+      const double eager = time_per_call_us(
+          stream, 15, 200, [&] { md::align_async(shape, tokens, eb.view, stream); });
+
+      constexpr int kPerGraph = 100;
+      MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      for (int i = 0; i < kPerGraph; ++i) md::align_async(shape, tokens, eb.view, stream);
+      cudaGraph_t raw = nullptr;
+      MOE_DISPATCH_CUDA_CHECK(cudaStreamEndCapture(stream, &raw));
+      md::Graph graph(raw);
+      cudaGraphExec_t exec_raw = nullptr;
+      MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
+      md::GraphExec exec(exec_raw);
+      const double graph_us =
+          time_per_call_us(stream, 15, 10,
+                           [&] { MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream)); }) /
+          kPerGraph;
+
+      md::DispatchConfig cfg;
+      cfg.num_experts = s.experts;
+      cfg.top_k = s.top_k;
+      cfg.block_size = s.block;
+      cfg.buckets = {tokens};
+      cfg.log = false;
+      md::DispatchStage stage(cfg);
+      MOE_DISPATCH_CUDA_CHECK(
+          cudaMemcpy(stage.input(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+      const double replay = time_per_call_us(stream, 15, 1000, [&] { stage.run(tokens, stream); });
+      const int launches = md::align_kernel_launches(shape, tokens);
+      const double peer = peer_graph_us(s, tokens);
+
+      json << (first ? "" : ",\n") << "  {\"model\": \"" << s.model
+           << "\", \"experts\": " << s.experts << ", \"top_k\": " << s.top_k
+           << ", \"block\": " << s.block << ", \"tokens\": " << tokens
+           << ", \"launches\": " << launches << ", \"eager_us\": " << eager
+           << ", \"graph_us\": " << graph_us << ", \"replay_us\": " << replay
+           << ", \"floor_fraction\": " << kOneNodeFloorUs / replay
+           << ", \"peer_graph_us\": " << peer << "}";
+      first = false;
+      table << "| " << s.model << " | " << s.experts << " | " << s.top_k << " | " << s.block
+            << " | " << tokens << " | " << launches << " | " << fmt(eager) << " | " << fmt(graph_us)
+            << " | " << fmt(replay) << " | " << fmt(kOneNodeFloorUs / replay) << " | "
+            << fmt(peer, 1) << " |\n";
+      std::fprintf(stderr, "%s tokens=%d eager=%.2f graph=%.2f replay=%.2f\n", s.model, tokens,
+                   eager, graph_us, replay);
+    }
+  }
+  json << "\n]}\n";
+  write_file(json_path, json.str());
+  write_file(md_path, table.str());
+  std::printf("%s", table.str().c_str());
+  return 0;
+}
+
+int bench_stage(const std::string& config_path, const std::string& json_path,
+                const std::string& md_path) {
+  md::DispatchConfig cfg = md::load_config(config_path);
+  cfg.log = false;
+  md::DispatchStage stage(cfg);
+  const md::AlignShape shape = md::shape_of(cfg);
+  const md::Stream stream_owner = md::make_stream();
+  cudaStream_t stream = stream_owner.get();
+  std::mt19937 rng(43);
+  const auto all_ids = uniform_routing(cfg.max_tokens(), cfg.top_k, cfg.num_experts, rng);
+  MOE_DISPATCH_CUDA_CHECK(
+      cudaMemcpy(stage.input(), all_ids.data(), all_ids.size() * 4, cudaMemcpyHostToDevice));
+  const std::int64_t allocations_before = stage.stats().device_allocations;
+
+  std::ostringstream json, table;
+  json << "{\"mode\": \"stage\", \"config\": \"" << config_path << "\", \"rows\": [\n";
+  table << "| bucket | run() host µs | replay GPU µs | run+sync p50 µs | run+sync p99 µs | eager "
+           "GPU µs | eager+alloc GPU µs |\n"
+        << "|---|---|---|---|---|---|---|\n";
+  bool first = true;
+  for (const int bucket : cfg.buckets) {
+    // Host submit: the time run() takes on the host, batches of 100 with the queue drained between.
+    std::vector<double> host_us;
+    for (int t = 0; t < 50; ++t) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < 100; ++i) stage.run(bucket, stream);
+      const auto t1 = std::chrono::steady_clock::now();
+      host_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() / 100);
+      MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+    const double replay = time_per_call_us(stream, 15, 1000, [&] { stage.run(bucket, stream); });
+    std::vector<double> round_trip;
+    for (int i = 0; i < 2000; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      stage.run(bucket, stream);
+      MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+      round_trip.push_back(
+          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+    }
+    const std::vector<std::int32_t> ids(all_ids.begin(),
+                                        all_ids.begin() + std::int64_t{bucket} * cfg.top_k);
+    EagerBuffers eb(shape, bucket, ids);
+    const double eager =
+        time_per_call_us(stream, 15, 200, [&] { md::align_async(shape, bucket, eb.view, stream); });
+    const std::int64_t numel = std::int64_t{bucket} * cfg.top_k;
+    const std::size_t sorted_bytes =
+        static_cast<std::size_t>(md::sorted_capacity(shape, numel)) * 4;
+    const std::size_t blocks_bytes =
+        static_cast<std::size_t>(md::expert_ids_capacity(shape, numel)) * 4;
+    const std::size_t scratch_bytes = md::align_scratch_bytes(shape, bucket);
+    const double eager_alloc = time_per_call_us(stream, 15, 200, [&] {
+      md::AlignBuffersView v = eb.view;
+      void* sorted = nullptr;
+      void* blocks = nullptr;
+      void* post = nullptr;
+      void* scratch = nullptr;
+      MOE_DISPATCH_CUDA_CHECK(cudaMallocAsync(&sorted, sorted_bytes, stream));
+      MOE_DISPATCH_CUDA_CHECK(cudaMallocAsync(&blocks, blocks_bytes, stream));
+      MOE_DISPATCH_CUDA_CHECK(cudaMallocAsync(&post, 16, stream));
+      if (scratch_bytes > 0)
+        MOE_DISPATCH_CUDA_CHECK(cudaMallocAsync(&scratch, scratch_bytes, stream));
+      v.sorted_token_ids = static_cast<std::int32_t*>(sorted);
+      v.expert_ids = static_cast<std::int32_t*>(blocks);
+      v.num_tokens_post_pad = static_cast<std::int32_t*>(post);
+      v.scratch = scratch;
+      md::align_async(shape, bucket, v, stream);
+      MOE_DISPATCH_CUDA_CHECK(cudaFreeAsync(sorted, stream));
+      MOE_DISPATCH_CUDA_CHECK(cudaFreeAsync(blocks, stream));
+      MOE_DISPATCH_CUDA_CHECK(cudaFreeAsync(post, stream));
+      if (scratch != nullptr) MOE_DISPATCH_CUDA_CHECK(cudaFreeAsync(scratch, stream));
+    });
+    const double host = median(host_us);
+    const double p50 = percentile(round_trip, 0.5);
+    const double p99 = percentile(round_trip, 0.99);
+    json << (first ? "" : ",\n") << "  {\"bucket\": " << bucket << ", \"run_host_us\": " << host
+         << ", \"replay_gpu_us\": " << replay << ", \"round_trip_p50_us\": " << p50
+         << ", \"round_trip_p99_us\": " << p99 << ", \"eager_gpu_us\": " << eager
+         << ", \"eager_alloc_gpu_us\": " << eager_alloc << "}";
+    first = false;
+    table << "| " << bucket << " | " << fmt(host) << " | " << fmt(replay) << " | " << fmt(p50)
+          << " | " << fmt(p99) << " | " << fmt(eager) << " | " << fmt(eager_alloc) << " |\n";
+    std::fprintf(stderr, "bucket %d done\n", bucket);
+  }
+  const std::int64_t allocations_after = stage.stats().device_allocations;
+  json << "\n], \"allocations_after_construction\": " << (allocations_after - allocations_before)
+       << ", \"device_bytes\": " << stage.stats().device_bytes << "}\n";
+  table << "\nAllocations by the stage after construction: "
+        << (allocations_after - allocations_before)
+        << "; device bytes held: " << stage.stats().device_bytes << "\n";
+  write_file(json_path, json.str());
+  write_file(md_path, table.str());
+  std::printf("%s", table.str().c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    std::vector<std::string> args(argv + 1, argv + argc);
+    std::string json_path, md_path, mode, config;
+    for (std::size_t i = 0; i < args.size(); ++i) {
+      if (args[i] == "--json" && i + 1 < args.size()) {
+        json_path = args[++i];
+      } else if (args[i] == "--md" && i + 1 < args.size()) {
+        md_path = args[++i];
+      } else if (mode.empty()) {
+        mode = args[i];
+      } else if (config.empty()) {
+        config = args[i];
+      } else {
+        throw std::runtime_error("unexpected argument " + args[i]);
+      }
+    }
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+      std::fprintf(stderr, "dispatch_bench: no CUDA device; nothing to measure\n");
+      return 77;
+    }
+    cudaDeviceProp prop{};
+    MOE_DISPATCH_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    int driver = 0;
+    MOE_DISPATCH_CUDA_CHECK(cudaDriverGetVersion(&driver));
+    std::fprintf(stderr, "dispatch_bench on %s (driver API %d)\n", prop.name, driver);
+    if (mode == "kernels") return bench_kernels(json_path, md_path);
+    if (mode == "stage" && !config.empty()) return bench_stage(config, json_path, md_path);
+    std::fprintf(stderr,
+                 "usage: dispatch_bench kernels [--json F] [--md F]\n"
+                 "       dispatch_bench stage CONFIG [--json F] [--md F]\n");
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dispatch_bench: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Everything that needs the GPU, in one batch: gpu tests, sanitizers, benchmarks and the sample.
+# Usage: bench/run_gpu_suite.sh BIN_DIR OUT_DIR [quick]
+# Writes logs, JSON and markdown under OUT_DIR; prints the tables last.
+set -u
+bin=${1:?usage: run_gpu_suite.sh BIN_DIR OUT_DIR [quick]}
+out=${2:?usage: run_gpu_suite.sh BIN_DIR OUT_DIR [quick]}
+mode=${3:-full}
+here=$(cd "$(dirname "$0")/.." && pwd)
+export MOE_DISPATCH_SOURCE_DIR=$here
+mkdir -p "$out"
+status=0
+step() {  # name, command...: runs, logs, records the exit code
+  local name=$1; shift
+  local t0=$SECONDS
+  "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  printf '%-28s rc=%-3s %4ss\n' "$name" "$rc" "$((SECONDS - t0))" | tee -a "$out/summary.txt"
+  [ $rc -ne 0 ] && status=1
+  return 0
+}
+{
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+  date -u +%Y-%m-%dT%H:%MZ
+} >"$out/machine.txt" 2>&1
+cat "$out/machine.txt"
+step kernels_test "$bin/kernels_test"
+step stage_test "$bin/stage_test"
+step serving_loop_gpu "$bin/serving_loop" --backend gpu --steps 2000 --check-every 10 --json "$out/serving_short.json"
+if [ "$mode" = full ]; then
+  step sanitizers bash "$here/tests/run_sanitizers.sh" "$bin" "$out"
+  step variant_bench "$bin/variant_bench"
+  step bench_kernels "$bin/dispatch_bench" kernels --json "$out/bench_kernels.json" --md "$out/bench_kernels.md"
+  step bench_stage_default "$bin/dispatch_bench" stage "$here/configs/default.yaml" --json "$out/bench_stage_default.json" --md "$out/bench_stage_default.md"
+  step bench_stage_deepseek "$bin/dispatch_bench" stage "$here/configs/deepseek-v3.yaml" --json "$out/bench_stage_deepseek.json" --md "$out/bench_stage_deepseek.md"
+  step serving_loop_20k "$bin/serving_loop" --backend gpu --steps 20000 --check-every 100 --json "$out/serving_20k.json"
+fi
+echo; cat "$out/summary.txt"
+exit $status

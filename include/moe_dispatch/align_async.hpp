@@ -1,0 +1,46 @@
+// The alignment kernels enqueued directly, without a graph, into buffers the caller owns: the
+// building block under DispatchStage, for engines that manage their own memory and graphs. Each
+// call validates its arguments, allocates nothing and does not synchronize.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "moe_dispatch/align.hpp"
+#include "moe_dispatch/config.hpp"
+
+namespace moe_dispatch {
+
+// Device buffers of one alignment. Extents for `max_tokens` tokens:
+//   topk_ids            max_tokens * top_k
+//   sorted_token_ids    sorted_capacity(shape, max_tokens * top_k)
+//   expert_ids          expert_ids_capacity(shape, max_tokens * top_k)
+//   num_tokens_post_pad 4 entries: [0] post pad, [1..3] DeviceCounters
+//   scratch             align_scratch_bytes(shape, max_tokens) bytes (may be null when 0)
+struct AlignBuffersView {
+  const std::int32_t* topk_ids = nullptr;
+  const std::int32_t* num_tokens = nullptr;  // [1] device count, or null: host_num_tokens
+  int host_num_tokens = 0;                   // count when num_tokens is null
+  // Either count is clamped to [0, max_tokens] (DeviceCounters::count_clamped flags it).
+  const std::int32_t* expert_map = nullptr;  // [E] or null
+  bool map_after = false;                    // ExpertMapMode::kMapAfter
+  std::int32_t* sorted_token_ids = nullptr;
+  std::int32_t* expert_ids = nullptr;
+  std::int32_t* num_tokens_post_pad = nullptr;
+  void* scratch = nullptr;
+};
+
+// Scratch bytes an alignment of up to max_tokens tokens needs.
+std::size_t align_scratch_bytes(const AlignShape& shape, int max_tokens);
+
+// Kernel launches per alignment of up to max_tokens tokens (1 for decode-sized shapes).
+int align_kernel_launches(const AlignShape& shape, int max_tokens);
+
+// Enqueues the alignment of the first *num_tokens rows of topk_ids on `stream`. Throws
+// ArgumentError for a bad shape or null buffer, CudaError for a failed launch.
+void align_async(const AlignShape& shape, int max_tokens, const AlignBuffersView& buffers,
+                 cudaStream_t stream);
+
+}  // namespace moe_dispatch

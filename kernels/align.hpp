@@ -1,0 +1,72 @@
+// Host interface of the alignment kernels (DESIGN.md §2): the parameters of one alignment, the
+// launch plan chosen for a capacity, and the launch function. No graphs, no allocation, no
+// synchronization here: the runtime owns memory and streams.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace moe_dispatch::kernels {
+
+// Everything one alignment reads and writes. Device pointers unless stated.
+struct AlignParams {
+  const std::int32_t* topk_ids = nullptr;  // [max_tokens * top_k], row-major
+  // The true token count: read from device memory when num_tokens is set (written by earlier work
+  // on the stream), else host_num_tokens (a kernel parameter, updated per graph launch). Either
+  // way it is clamped to [0, max_tokens] and the first kernel writes the value used to counters.
+  const std::int32_t* num_tokens = nullptr;
+  int host_num_tokens = 0;
+  const std::int32_t* expert_map = nullptr;     // [num_experts] global -> local (or -1), or null
+  std::int32_t* sorted_token_ids = nullptr;     // [sorted_capacity(max numel)]
+  std::int32_t* expert_ids = nullptr;           // [expert_ids_capacity(max numel)]
+  std::int32_t* num_tokens_post_pad = nullptr;  // [1]
+  std::int32_t* counters = nullptr;             // [3]: invalid ids, count clamped (0/1), count used
+  std::int32_t* scratch = nullptr;  // [align_scratch_ints(plan, num_experts)] (large variant)
+  int num_experts = 0;
+  int top_k = 0;
+  int block_size = 0;
+  int max_tokens = 0;  // capacity of this launch; a device count above it is clamped and flagged
+  bool pad_sorted_ids = false;
+  bool map_after = false;  // ExpertMapMode::kMapAfter (expert_map applied to expert_ids only)
+};
+
+enum class AlignVariant {
+  kSmall,  // one block, one kernel: zero, count, scan and scatter with barriers between them
+  kLarge,  // count kernel (per-block histograms), scan kernel (one block), scatter kernel
+};
+
+// Launch shape of one alignment; a function of (max numel, E, B) only.
+struct AlignPlan {
+  AlignVariant variant = AlignVariant::kSmall;
+  int threads = 0;               // threads per block
+  int items = 0;                 // slots per thread (each warp owns 32 * items consecutive slots)
+  int grid = 1;                  // blocks of the count and scatter kernels (large variant)
+  std::size_t shared_bytes = 0;  // dynamic shared memory per block
+  int kernels = 1;               // kernel launches per alignment
+};
+
+// Picks the variant and launch shape for alignments of up to `max_numel` slots. Measured choice;
+// see docs/BENCHMARKS.md. Throws nothing; callers validate the shape first.
+AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size);
+
+// The same with the variant forced (tests and benchmarks compare variants).
+AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size, AlignVariant variant);
+
+// int32 entries of AlignParams::scratch the plan needs.
+std::size_t align_scratch_ints(const AlignPlan& plan, int num_experts);
+
+// Enqueues the alignment on `stream`. Returns the first launch error (cudaGetLastError after each
+// launch). Safe to call inside stream capture. Every kernel takes AlignParams as its only
+// argument, and only the first reads the count from AlignParams (later kernels read the value the
+// first wrote to counters), so a captured launch is retargeted to another count by updating the
+// first kernel node's parameters.
+cudaError_t launch_align(const AlignParams& params, const AlignPlan& plan, cudaStream_t stream);
+
+// Variant launchers (called by launch_align).
+cudaError_t launch_align_small(const AlignParams& params, const AlignPlan& plan,
+                               cudaStream_t stream);
+cudaError_t launch_align_large(const AlignParams& params, const AlignPlan& plan,
+                               cudaStream_t stream);
+
+}  // namespace moe_dispatch::kernels

@@ -1,0 +1,244 @@
+// Large variant: many blocks, three kernels, no global atomics and no zeroing pass.
+//   count:   each block ranks its chunk of slots per warp and writes its per-expert histogram as
+//            one column of hist[e][block] (every used column is fully written, so nothing needs
+//            clearing between runs; unused columns are never read).
+//   prefix:  a warp per expert row turns hist[e][*] into exclusive prefixes over blocks, with all
+//            of a row's loads in flight before the scan, and writes the expert's total.
+//   scatter: every block scans the padded totals itself (E values: cheaper than another node),
+//            re-ranks its chunk and writes slot s of expert e to
+//            offset[e] + (slots of e in earlier blocks) + (in earlier warps) + (earlier in its
+//            warp), so the order within a segment is ascending and identical run to run;
+//            expert_ids, the padding and the tail are spread over the whole grid.
+#include "kernels/align.hpp"
+#include "kernels/align_device.cuh"
+#include "kernels/align_variants.hpp"
+
+#include <algorithm>
+
+namespace moe_dispatch::kernels {
+namespace {
+
+constexpr int kLargeThreads = 256;
+// Slots per thread: 2 while that keeps the grid at most 128 blocks (more blocks share the work of
+// mid-size steps: measured 16384 slots on 8 blocks of 8 items per thread ~2x slower than on 32),
+// 8 above (bounding the grid, the per-block histograms and the prefix rows for huge steps).
+constexpr int kFewItems = 2;
+constexpr int kManyItems = 8;
+constexpr std::int64_t kFewItemsMaxNumel = std::int64_t{128} * kLargeThreads * kFewItems;
+constexpr int kLargeWarps = kLargeThreads / kWarp;
+constexpr int kPrefixThreads = 256;
+constexpr int kPrefixBatch = 8;  // 32-block chunks of a row loaded before scanning them
+
+__host__ __device__ constexpr int large_items(std::int64_t max_numel) {
+  return max_numel <= kFewItemsMaxNumel ? kFewItems : kManyItems;
+}
+// Slots per block.
+__host__ __device__ constexpr int large_chunk(std::int64_t max_numel) {
+  return kLargeThreads * large_items(max_numel);
+}
+__host__ __device__ constexpr int large_grid(std::int64_t max_numel) {
+  const int chunk = large_chunk(max_numel);
+  return max_numel <= chunk ? 1 : static_cast<int>((max_numel + chunk - 1) / chunk);
+}
+
+// Scratch layout (int32): hist[(E + 1) * grid] (row E: invalid ids per block), totals[E + 1].
+// Derived from the parameters alone, so every kernel takes AlignParams as its only argument.
+struct LargeLayout {
+  int grid;
+  __device__ explicit LargeLayout(const AlignParams& p)
+      : grid(large_grid(static_cast<std::int64_t>(p.max_tokens) * p.top_k)) {}
+  __device__ int* hist(const AlignParams& p) const { return p.scratch; }
+  __device__ int* totals(const AlignParams& p) const {
+    return p.scratch + static_cast<std::int64_t>(p.num_experts + 1) * grid;
+  }
+};
+
+// The count of this launch, as the count kernel wrote it.
+__device__ __forceinline__ int launch_count(const AlignParams& p) {
+  return p.counters[kCounterTokens];
+}
+
+template <int kThreads, int kItems>
+__global__ void __launch_bounds__(kThreads) align_count_kernel(const AlignParams p) {
+  constexpr int kWarps = kThreads / kWarp;
+  const LargeLayout layout(p);
+  extern __shared__ int4 shared_raw[];
+  auto* rows = reinterpret_cast<std::uint16_t*>(shared_raw);
+  __shared__ int warp_invalid[kWarps];
+
+  const int warp = threadIdx.x / kWarp;
+  const std::int64_t block_first = static_cast<std::int64_t>(blockIdx.x) * kThreads * kItems;
+  const std::int64_t first = block_first + static_cast<std::int64_t>(warp) * kWarp * kItems;
+  int ids[kItems];
+  load_ids<kItems>(p, first, static_cast<std::int64_t>(p.max_tokens) * p.top_k, ids);
+  bool clamped = false;
+  const int num_tokens = read_num_tokens(p, &clamped);
+  const int numel = num_tokens * p.top_k;
+  if (blockIdx.x == 0 && threadIdx.x == 0) write_count_counters(p, num_tokens, clamped);
+  if (block_first >= numel) return;  // later kernels read only the columns of used blocks
+
+  std::uint16_t* row = rows + warp * row_stride(p.num_experts);
+  zero_warp_row(row, p.num_experts);
+  WarpSlots<kItems> slots;
+  const int invalid = rank_warp_slots<kItems>(p, first, numel, ids, row, slots);
+  if (threadIdx.x % kWarp == 0) warp_invalid[warp] = invalid;
+  __syncthreads();
+
+  int* column = layout.hist(p) + blockIdx.x;
+  for (int e = threadIdx.x; e < p.num_experts; e += kThreads) {
+    int total = 0;
+    for (int w = 0; w < kWarps; ++w) total += rows[w * row_stride(p.num_experts) + e];
+    column[static_cast<std::int64_t>(e) * layout.grid] = total;
+  }
+  if (threadIdx.x == 0) {
+    int total = 0;
+    for (int w = 0; w < kWarps; ++w) total += warp_invalid[w];
+    column[static_cast<std::int64_t>(p.num_experts) * layout.grid] = total;
+  }
+}
+
+__global__ void __launch_bounds__(kPrefixThreads) align_prefix_kernel(const AlignParams p) {
+  const LargeLayout layout(p);
+  const int numel = launch_count(p) * p.top_k;
+  const int chunk = large_chunk(static_cast<std::int64_t>(p.max_tokens) * p.top_k);
+  const int used = (numel + chunk - 1) / chunk;
+  const int lane = threadIdx.x % kWarp;
+  const int e = static_cast<int>(blockIdx.x) * (kPrefixThreads / kWarp) +
+                static_cast<int>(threadIdx.x / kWarp);
+  if (e > p.num_experts) return;  // row E holds the invalid ids
+
+  int* row = layout.hist(p) + static_cast<std::int64_t>(e) * layout.grid;
+  int carry = 0;
+  for (int base = 0; base < used; base += kWarp * kPrefixBatch) {
+    int values[kPrefixBatch];
+#pragma unroll
+    for (int b = 0; b < kPrefixBatch; ++b) {
+      const int g = base + b * kWarp + lane;
+      values[b] = g < used ? row[g] : 0;
+    }
+#pragma unroll
+    for (int b = 0; b < kPrefixBatch; ++b) {
+      int inclusive = values[b];
+#pragma unroll
+      for (int d = 1; d < kWarp; d *= 2) {
+        const int up = __shfl_up_sync(kFullMask, inclusive, d);
+        if (lane >= d) inclusive += up;
+      }
+      const int g = base + b * kWarp + lane;
+      if (g < used) row[g] = carry + inclusive - values[b];
+      carry += __shfl_sync(kFullMask, inclusive, kWarp - 1);
+    }
+  }
+  if (lane == 0) layout.totals(p)[e] = carry;
+}
+
+// Shared memory: counts[E], offsets[E], base[E] (int32), then one row of counters per warp.
+template <int kThreads, int kItems>
+__global__ void __launch_bounds__(kThreads) align_scatter_kernel(const AlignParams p) {
+  constexpr int kWarps = kThreads / kWarp;
+  const LargeLayout layout(p);
+  extern __shared__ int4 shared_raw[];
+  int* counts = reinterpret_cast<int*>(shared_raw);
+  int* offsets = counts + p.num_experts;
+  int* base = offsets + p.num_experts;
+  auto* rows = reinterpret_cast<std::uint16_t*>(base + p.num_experts);
+  __shared__ ScanStorage<kThreads> scan_temp;
+
+  const int warp = threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  const std::int64_t block_first = static_cast<std::int64_t>(blockIdx.x) * kThreads * kItems;
+  const std::int64_t first = block_first + static_cast<std::int64_t>(warp) * kWarp * kItems;
+  int ids[kItems];
+  load_ids<kItems>(p, first, static_cast<std::int64_t>(p.max_tokens) * p.top_k, ids);
+  const int numel = launch_count(p) * p.top_k;
+  const bool used = block_first < numel;
+  const int* totals = layout.totals(p);
+  const int* hist = layout.hist(p) + blockIdx.x;
+
+  for (int e = threadIdx.x; e < p.num_experts; e += kThreads) {
+    counts[e] = totals[e];
+    if (used) base[e] = hist[static_cast<std::int64_t>(e) * layout.grid];
+  }
+  WarpSlots<kItems> slots;
+  if (used) {
+    std::uint16_t* row = rows + warp * row_stride(p.num_experts);
+    zero_warp_row(row, p.num_experts);
+    rank_warp_slots<kItems>(p, first, numel, ids, row, slots);
+  }
+  __syncthreads();  // counts, base and rows complete
+  const int post_pad =
+      scan_padded_offsets<kThreads>(counts, offsets, p.num_experts, p.block_size, scan_temp);
+  if (used) warp_rows_to_prefix(rows, kWarps, p.num_experts, nullptr);
+  __syncthreads();  // offsets and warp prefixes complete
+
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    *p.num_tokens_post_pad = post_pad;
+    p.counters[kCounterInvalid] = totals[p.num_experts];
+  }
+  if (used) {
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      const int e = slots.expert[j];
+      if (e >= 0) {
+        const int pos =
+            offsets[e] + base[e] + rows[warp * row_stride(p.num_experts) + e] + slots.rank[j];
+        p.sorted_token_ids[pos] = static_cast<int>(first) + j * kWarp + lane;
+      }
+    }
+  }
+  write_expert_ids(p, offsets, post_pad, numel);
+  fill_segment_padding(p, offsets, counts, numel);
+  fill_tail(p, post_pad, numel);
+}
+
+std::size_t rows_bytes(int num_experts) {
+  return sizeof(std::uint16_t) * kLargeWarps * static_cast<std::size_t>(row_stride(num_experts));
+}
+std::size_t scatter_shared_bytes(int num_experts) {
+  return rows_bytes(num_experts) + 3 * sizeof(int) * static_cast<std::size_t>(num_experts);
+}
+
+template <int kItems>
+cudaError_t launch_large(const AlignParams& params, const AlignPlan& plan, cudaStream_t stream) {
+  const auto count = align_count_kernel<kLargeThreads, kItems>;
+  const auto scatter = align_scatter_kernel<kLargeThreads, kItems>;
+  const std::size_t count_bytes = rows_bytes(params.num_experts);
+  cudaError_t status = allow_shared_memory(count, count_bytes);
+  if (status == cudaSuccess) status = allow_shared_memory(scatter, plan.shared_bytes);
+  if (status != cudaSuccess) return status;
+
+  const int prefix_warps = kPrefixThreads / kWarp;
+  const int prefix_grid = (params.num_experts + 1 + prefix_warps - 1) / prefix_warps;
+  count<<<plan.grid, kLargeThreads, count_bytes, stream>>>(params);
+  if ((status = cudaGetLastError()) != cudaSuccess) return status;
+  align_prefix_kernel<<<prefix_grid, kPrefixThreads, 0, stream>>>(params);
+  if ((status = cudaGetLastError()) != cudaSuccess) return status;
+  scatter<<<plan.grid, kLargeThreads, plan.shared_bytes, stream>>>(params);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+AlignPlan large_plan(std::int64_t max_numel, int num_experts, int /*block_size*/) {
+  AlignPlan plan;
+  plan.variant = AlignVariant::kLarge;
+  plan.threads = kLargeThreads;
+  plan.items = large_items(max_numel);
+  plan.grid = large_grid(max_numel);
+  plan.shared_bytes = scatter_shared_bytes(num_experts);
+  plan.kernels = 3;
+  return plan;
+}
+
+std::size_t large_scratch_ints(const AlignPlan& plan, int num_experts) {
+  return static_cast<std::size_t>(num_experts + 1) * (static_cast<std::size_t>(plan.grid) + 1);
+}
+
+cudaError_t launch_align_large(const AlignParams& params, const AlignPlan& plan,
+                               cudaStream_t stream) {
+  if (plan.threads != kLargeThreads) return cudaErrorInvalidConfiguration;
+  return plan.items == kFewItems ? launch_large<kFewItems>(params, plan, stream)
+                                 : launch_large<kManyItems>(params, plan, stream);
+}
+
+}  // namespace moe_dispatch::kernels

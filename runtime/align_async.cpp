@@ -1,0 +1,74 @@
+#include "moe_dispatch/align_async.hpp"
+
+#include <string>
+
+#include "kernels/align.hpp"
+#include "moe_dispatch/errors.hpp"
+
+namespace moe_dispatch {
+namespace {
+
+kernels::AlignPlan plan_for(const AlignShape& shape, int max_tokens) {
+  return kernels::plan_align(std::int64_t{max_tokens} * shape.top_k, shape.num_experts,
+                             shape.block_size);
+}
+
+void check(const AlignShape& shape, int max_tokens, const AlignBuffersView& b) {
+  DispatchConfig c;
+  c.num_experts = shape.num_experts;
+  c.top_k = shape.top_k;
+  c.block_size = shape.block_size;
+  c.pad_sorted_ids = shape.pad_sorted_ids;
+  c.buckets = {max_tokens > 0 ? max_tokens : 1};
+  try {
+    validate(c);
+  } catch (const ConfigError& e) {
+    throw ArgumentError(std::string("align_async: ") + e.what());
+  }
+  if (max_tokens < 0) {
+    throw ArgumentError("align_async: max_tokens " + std::to_string(max_tokens) +
+                        " is negative; allowed: >= 0");
+  }
+  if ((b.topk_ids == nullptr && max_tokens > 0) || b.sorted_token_ids == nullptr ||
+      b.expert_ids == nullptr || b.num_tokens_post_pad == nullptr ||
+      (b.scratch == nullptr && align_scratch_bytes(shape, max_tokens) > 0)) {
+    throw ArgumentError(
+        "align_async: topk_ids, sorted_token_ids, expert_ids, num_tokens_post_pad "
+        "(and scratch when align_scratch_bytes() > 0) must be device pointers, not null");
+  }
+}
+
+}  // namespace
+
+std::size_t align_scratch_bytes(const AlignShape& shape, int max_tokens) {
+  return sizeof(std::int32_t) *
+         kernels::align_scratch_ints(plan_for(shape, max_tokens), shape.num_experts);
+}
+
+int align_kernel_launches(const AlignShape& shape, int max_tokens) {
+  return plan_for(shape, max_tokens).kernels;
+}
+
+void align_async(const AlignShape& shape, int max_tokens, const AlignBuffersView& b,
+                 cudaStream_t stream) {
+  check(shape, max_tokens, b);
+  kernels::AlignParams p;
+  p.topk_ids = b.topk_ids;
+  p.num_tokens = b.num_tokens;
+  p.host_num_tokens = b.host_num_tokens;
+  p.expert_map = b.expert_map;
+  p.sorted_token_ids = b.sorted_token_ids;
+  p.expert_ids = b.expert_ids;
+  p.num_tokens_post_pad = b.num_tokens_post_pad;
+  p.counters = b.num_tokens_post_pad + 1;
+  p.scratch = static_cast<std::int32_t*>(b.scratch);
+  p.num_experts = shape.num_experts;
+  p.top_k = shape.top_k;
+  p.block_size = shape.block_size;
+  p.max_tokens = max_tokens;
+  p.pad_sorted_ids = shape.pad_sorted_ids;
+  p.map_after = b.map_after;
+  MOE_DISPATCH_CUDA_CHECK(kernels::launch_align(p, plan_for(shape, max_tokens), stream));
+}
+
+}  // namespace moe_dispatch

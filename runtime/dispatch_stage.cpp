@@ -1,0 +1,506 @@
+#include "moe_dispatch/dispatch_stage.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <optional>
+#include <string>
+
+#include "kernels/align.hpp"
+#include "moe_dispatch/align.hpp"
+#include "moe_dispatch/cuda_raii.hpp"
+#include "moe_dispatch/errors.hpp"
+#include "runtime/graph_cache.hpp"
+
+namespace moe_dispatch {
+namespace {
+
+constexpr int kNumCounters = 3;
+
+std::string count_text(int n) { return std::to_string(n); }
+
+// The caller's capture on `stream`, if any.
+struct CallerCapture {
+  bool active = false;
+  cudaGraph_t graph = nullptr;
+  const cudaGraphNode_t* deps = nullptr;
+  std::size_t num_deps = 0;
+};
+
+CallerCapture caller_capture(cudaStream_t stream) {
+  CallerCapture c;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  MOE_DISPATCH_CUDA_CHECK(
+      cudaStreamGetCaptureInfo(stream, &status, nullptr, &c.graph, &c.deps, nullptr, &c.num_deps));
+  c.active = status == cudaStreamCaptureStatusActive;
+  return c;
+}
+
+// Makes `node` (added to the caller's graph) the capture's new frontier on `stream`.
+void continue_capture_after(cudaGraphNode_t node, cudaStream_t stream) {
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamUpdateCaptureDependencies(stream, &node, nullptr, 1,
+                                                              cudaStreamSetCaptureDependencies));
+}
+
+}  // namespace
+
+// Device buffers for alignments of up to `max_tokens` tokens.
+struct AlignBuffers {
+  int max_tokens = 0;
+  DeviceBuffer<std::int32_t> input;  // empty when the engine registered its own
+  DeviceBuffer<std::int32_t> sorted_token_ids;
+  DeviceBuffer<std::int32_t> expert_ids;
+  DeviceBuffer<std::int32_t> post_pad_and_counters;  // [0]: post pad, [1..3]: counters
+  DeviceBuffer<std::int32_t> scratch;
+
+  std::int64_t bytes() const {
+    return static_cast<std::int64_t>(input.bytes() + sorted_token_ids.bytes() + expert_ids.bytes() +
+                                     post_pad_and_counters.bytes() + scratch.bytes());
+  }
+};
+
+struct Bucket {
+  int tokens = 0;
+  kernels::AlignPlan plan;
+  std::optional<detail::BucketGraph> graphs;
+  bool capture_failed = false;
+  BucketStats stats;
+};
+
+struct DispatchStage::Impl {
+  DispatchConfig config;
+  AlignShape shape;
+  std::int32_t* external_input = nullptr;
+  AlignBuffers main;
+  AlignBuffers overflow;  // grown on demand under OverflowPolicy::kEager
+  kernels::AlignPlan overflow_plan;
+  DeviceBuffer<std::int32_t> expert_map;
+  PinnedBuffer<std::int32_t> host_readback;
+  Stream capture_stream;
+  std::vector<Bucket> buckets;
+  std::int64_t allocations = 0;
+  std::int64_t overflow_runs = 0;
+  std::int64_t overflow_growths = 0;
+  bool last_was_overflow = false;
+
+  void log(const std::string& line) const {
+    if (config.log) std::fprintf(stderr, "moe_dispatch: %s\n", line.c_str());
+  }
+
+  // The stage's only device allocation point: counted, and failures say what the stage needs.
+  DeviceBuffer<std::int32_t> allocate(std::size_t count, const char* what, std::int64_t needed) {
+    try {
+      DeviceBuffer<std::int32_t> buffer(count);
+      if (count > 0) ++allocations;
+      return buffer;
+    } catch (const CudaError& error) {
+      std::size_t free_bytes = 0;
+      std::size_t total_bytes = 0;
+      cudaGetLastError();  // the failed allocation is not sticky; clear it
+      cudaMemGetInfo(&free_bytes, &total_bytes);
+      const std::string call = std::string("cudaMalloc(") + what + ", " +
+                               std::to_string(count * sizeof(std::int32_t)) +
+                               " bytes): the configuration needs " + std::to_string(needed) +
+                               " bytes of device memory, " + std::to_string(free_bytes) +
+                               " bytes free on device " + std::to_string(config.device);
+      throw CudaError(error.code(), call.c_str(), __FILE__, __LINE__);
+    }
+  }
+
+  std::size_t scratch_ints_for(int tokens, kernels::AlignPlan* plan_out) const {
+    const kernels::AlignPlan plan = kernels::plan_align(std::int64_t{tokens} * config.top_k,
+                                                        config.num_experts, config.block_size);
+    if (plan_out != nullptr) *plan_out = plan;
+    return kernels::align_scratch_ints(plan, config.num_experts);
+  }
+
+  void allocate_buffers(AlignBuffers& b, int max_tokens, std::size_t scratch_ints, bool own_input) {
+    const std::int64_t numel = std::int64_t{max_tokens} * config.top_k;
+    const auto sorted = static_cast<std::size_t>(sorted_capacity(shape, numel));
+    const auto blocks = static_cast<std::size_t>(expert_ids_capacity(shape, numel));
+    const std::size_t input = own_input ? static_cast<std::size_t>(numel) : 0;
+    const auto needed = static_cast<std::int64_t>(
+        sizeof(std::int32_t) * (input + sorted + blocks + 1 + kNumCounters + scratch_ints));
+    b.max_tokens = max_tokens;
+    b.input = allocate(input, "topk_ids input", needed);
+    b.sorted_token_ids = allocate(sorted, "sorted_token_ids", needed);
+    b.expert_ids = allocate(blocks, "expert_ids", needed);
+    b.post_pad_and_counters = allocate(1 + kNumCounters, "num_tokens_post_pad", needed);
+    b.scratch = allocate(scratch_ints, "scratch", needed);
+  }
+
+  void clear_input(AlignBuffers& b) {
+    if (b.input.size() > 0)
+      MOE_DISPATCH_CUDA_CHECK(cudaMemset(b.input.get(), 0xFF, b.input.bytes()));
+  }
+
+  kernels::AlignParams params_for(const AlignBuffers& b, const std::int32_t* input,
+                                  int max_tokens) const {
+    kernels::AlignParams p;
+    p.topk_ids = input;
+    p.expert_map = expert_map.get();
+    p.sorted_token_ids = b.sorted_token_ids.get();
+    p.expert_ids = b.expert_ids.get();
+    p.num_tokens_post_pad = b.post_pad_and_counters.get();
+    p.counters = b.post_pad_and_counters.get() + 1;
+    p.scratch = b.scratch.get();
+    p.num_experts = config.num_experts;
+    p.top_k = config.top_k;
+    p.block_size = config.block_size;
+    p.max_tokens = max_tokens;
+    p.pad_sorted_ids = config.pad_sorted_ids;
+    p.map_after = config.expert_map && config.expert_map->mode == ExpertMapMode::kMapAfter;
+    return p;
+  }
+
+  const std::int32_t* main_input() const {
+    return external_input != nullptr ? external_input : main.input.get();
+  }
+
+  // The bucket's graphs, captured now if they were not; null when capture failed (eager).
+  detail::BucketGraph* graphs_of(Bucket& bucket) {
+    if (bucket.graphs || bucket.capture_failed) return bucket.graphs ? &*bucket.graphs : nullptr;
+    try {
+      bucket.graphs.emplace(params_for(main, main_input(), bucket.tokens), bucket.plan,
+                            capture_stream.get());
+      ++bucket.stats.captures;
+      bucket.stats.captured = true;
+      return &*bucket.graphs;
+    } catch (const CudaError& error) {
+      if (error.sticky()) throw;
+      cudaGetLastError();
+      bucket.capture_failed = true;
+      log("bucket " + count_text(bucket.tokens) +
+          ": graph capture failed, falling back to eager launches: " + error.what());
+      return nullptr;
+    }
+  }
+
+  Bucket& bucket_of(int tokens) {
+    const auto it = std::lower_bound(buckets.begin(), buckets.end(), tokens,
+                                     [](const Bucket& b, int n) { return b.tokens < n; });
+    return *it;
+  }
+
+  // The stream's device must be the stage's. Not callable on a capturing stream; a capture
+  // sequence already fails on a stream of another device when our nodes join it.
+  void check_stream(cudaStream_t stream, const CallerCapture& capture) const {
+    if (capture.active) return;
+    int device = -1;
+    MOE_DISPATCH_CUDA_CHECK(cudaStreamGetDevice(stream, &device));
+    if (device != config.device) {
+      throw ArgumentError("DispatchStage: stream belongs to device " + std::to_string(device) +
+                          ", the stage lives on device " + std::to_string(config.device));
+    }
+  }
+
+  DispatchOutputs outputs(const AlignBuffers& b, int num_tokens, int bucket, bool replayed) {
+    last_was_overflow = &b == &overflow;
+    DispatchOutputs out;
+    out.sorted_token_ids = b.sorted_token_ids.get();
+    out.expert_ids = b.expert_ids.get();
+    out.num_tokens_post_pad = b.post_pad_and_counters.get();
+    out.counters = reinterpret_cast<const DeviceCounters*>(b.post_pad_and_counters.get() + 1);
+    out.sorted_token_ids_size = static_cast<std::int64_t>(b.sorted_token_ids.size());
+    out.expert_ids_size = static_cast<std::int64_t>(b.expert_ids.size());
+    out.num_tokens = num_tokens;
+    out.bucket = bucket;
+    out.replayed = replayed;
+    return out;
+  }
+
+  // Kernels launched without a graph; the count comes from d_num_tokens, or num_tokens if null.
+  void launch_eager(const AlignBuffers& b, const std::int32_t* input,
+                    const kernels::AlignPlan& plan, int max_tokens,
+                    const std::int32_t* d_num_tokens, int num_tokens, cudaStream_t stream) {
+    kernels::AlignParams p = params_for(b, input, max_tokens);
+    p.num_tokens = d_num_tokens;
+    p.host_num_tokens = num_tokens;
+    MOE_DISPATCH_CUDA_CHECK(kernels::launch_align(p, plan, stream));
+  }
+
+  void ensure_overflow(int num_tokens) {
+    if (config.overflow != OverflowPolicy::kEager) {
+      throw ArgumentError("DispatchStage: " + count_text(num_tokens) +
+                          " tokens exceed the capacity of " + count_text(config.max_tokens()) +
+                          " (largest bucket) and the overflow policy is 'error'; allowed: 0.." +
+                          count_text(config.max_tokens()) + ", or set overflow: eager");
+    }
+    if (external_input != nullptr) {
+      throw ArgumentError("DispatchStage: " + count_text(num_tokens) +
+                          " tokens exceed the registered external input's capacity of " +
+                          count_text(config.max_tokens()) + " tokens");
+    }
+    if (num_tokens <= overflow.max_tokens) return;
+    kernels::AlignPlan plan;
+    const std::size_t scratch = scratch_ints_for(num_tokens, &plan);
+    AlignBuffers grown;
+    allocate_buffers(grown, num_tokens, scratch, true);
+    clear_input(grown);
+    overflow = std::move(grown);
+    overflow_plan = plan;
+    ++overflow_growths;
+    log("overflow: grew eager buffers to " + count_text(num_tokens) + " tokens (largest bucket " +
+        count_text(config.max_tokens()) + ")");
+  }
+};
+
+DispatchStage::DispatchStage(const DispatchConfig& config, std::int32_t* external_input)
+    : impl_(std::make_unique<Impl>()) {
+  validate(config);
+  Impl& s = *impl_;
+  s.config = config;
+  s.shape = shape_of(config);
+  s.external_input = external_input;
+  int device_count = 0;
+  MOE_DISPATCH_CUDA_CHECK(cudaGetDeviceCount(&device_count));
+  if (config.device >= device_count) {
+    throw ArgumentError("DispatchStage: device " + std::to_string(config.device) +
+                        " does not exist; this machine has " + std::to_string(device_count) +
+                        " CUDA device(s): 0.." + std::to_string(device_count - 1));
+  }
+  DeviceGuard guard(config.device);
+  if (external_input != nullptr) {
+    cudaPointerAttributes attributes{};
+    MOE_DISPATCH_CUDA_CHECK(cudaPointerGetAttributes(&attributes, external_input));
+    if (attributes.type != cudaMemoryTypeDevice || attributes.device != config.device ||
+        reinterpret_cast<std::uintptr_t>(external_input) % alignof(std::int32_t) != 0) {
+      throw ArgumentError(
+          "DispatchStage: external_input must be 4-byte aligned device memory on device " +
+          std::to_string(config.device));
+    }
+  }
+
+  std::size_t scratch = 0;
+  for (const int tokens : config.buckets) {
+    Bucket bucket;
+    bucket.tokens = tokens;
+    bucket.stats.tokens = tokens;
+    scratch = std::max(scratch, s.scratch_ints_for(tokens, &bucket.plan));
+    s.buckets.push_back(std::move(bucket));
+  }
+  s.allocate_buffers(s.main, config.max_tokens(), scratch, external_input == nullptr);
+  // The kernels load input rows up to the bucket's capacity before the count arrives (and ignore
+  // the rows past it): start the owned input fully written (-1: no expert) so nothing reads
+  // uninitialized memory.
+  s.clear_input(s.main);
+  if (config.expert_map) {
+    const auto& map = config.expert_map->global_to_local;
+    s.expert_map = s.allocate(map.size(), "expert_map", static_cast<std::int64_t>(map.size() * 4));
+    MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(s.expert_map.get(), map.data(),
+                                       map.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
+  }
+  s.host_readback = PinnedBuffer<std::int32_t>(1 + kNumCounters);
+  s.capture_stream = make_stream();
+  if (config.capture == CaptureMode::kEager) {
+    for (Bucket& bucket : s.buckets) s.graphs_of(bucket);
+  }
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(s.capture_stream.get()));
+}
+
+DispatchStage::~DispatchStage() {
+  if (!impl_) return;
+  // Queued runs may still read or write the buffers: let them finish before freeing.
+  int previous = 0;
+  if (cudaGetDevice(&previous) == cudaSuccess) {
+    cudaSetDevice(impl_->config.device);
+    cudaDeviceSynchronize();
+    impl_.reset();
+    cudaSetDevice(previous);
+  }
+}
+
+DispatchStage::DispatchStage(DispatchStage&&) noexcept = default;
+DispatchStage& DispatchStage::operator=(DispatchStage&& other) noexcept {
+  if (this != &other) {
+    DispatchStage dying(std::move(*this));
+    impl_ = std::move(other.impl_);
+  }
+  return *this;
+}
+
+const DispatchConfig& DispatchStage::config() const { return impl_->config; }
+int DispatchStage::max_tokens() const { return impl_->config.max_tokens(); }
+
+std::int32_t* DispatchStage::input() {
+  return impl_->external_input != nullptr ? impl_->external_input : impl_->main.input.get();
+}
+
+std::int32_t* DispatchStage::input_for(int num_tokens) {
+  if (num_tokens < 0) {
+    throw ArgumentError("DispatchStage::input_for: num_tokens " + count_text(num_tokens) +
+                        " is negative; allowed: >= 0");
+  }
+  if (num_tokens <= max_tokens()) return input();
+  DeviceGuard guard(impl_->config.device);
+  impl_->ensure_overflow(num_tokens);
+  return impl_->overflow.input.get();
+}
+
+int DispatchStage::bucket_for(int num_tokens) const {
+  if (num_tokens > max_tokens()) return 0;
+  const auto& b = impl_->config.buckets;
+  return *std::lower_bound(b.begin(), b.end(), std::max(num_tokens, 0));
+}
+
+DispatchOutputs DispatchStage::run(int num_tokens, cudaStream_t stream) {
+  Impl& s = *impl_;
+  if (num_tokens < 0) {
+    throw ArgumentError("DispatchStage::run: num_tokens " + count_text(num_tokens) +
+                        " is negative; allowed: 0.." + count_text(max_tokens()));
+  }
+  DeviceGuard guard(s.config.device);
+  const CallerCapture capture = caller_capture(stream);
+  s.check_stream(stream, capture);
+  if (num_tokens > max_tokens()) {
+    s.ensure_overflow(num_tokens);
+    if (s.overflow.max_tokens < num_tokens) {
+      throw ArgumentError("DispatchStage::run: call input_for(" + count_text(num_tokens) +
+                          ") and write the routing there before running above the capacity");
+    }
+    s.launch_eager(s.overflow, s.overflow.input.get(), s.overflow_plan, s.overflow.max_tokens,
+                   nullptr, num_tokens, stream);
+    ++s.overflow_runs;
+    return s.outputs(s.overflow, num_tokens, 0, false);
+  }
+
+  Bucket& bucket = s.bucket_of(num_tokens);
+  detail::BucketGraph* graphs = s.graphs_of(bucket);
+  if (graphs == nullptr) {
+    s.launch_eager(s.main, s.main_input(), bucket.plan, bucket.tokens, nullptr, num_tokens, stream);
+    ++bucket.stats.eager_runs;
+    return s.outputs(s.main, num_tokens, bucket.tokens, false);
+  }
+  if (capture.active) {
+    // Inside the caller's capture: our graph becomes a node of theirs, count fixed.
+    continue_capture_after(
+        graphs->add_child(capture.graph, capture.deps, capture.num_deps, num_tokens), stream);
+    ++bucket.stats.child_nodes;
+  } else {
+    graphs->launch(num_tokens, stream);
+    ++bucket.stats.replays;
+  }
+  return s.outputs(s.main, num_tokens, bucket.tokens, true);
+}
+
+DispatchOutputs DispatchStage::run_device_count(const std::int32_t* d_num_tokens, int max_tokens,
+                                                cudaStream_t stream) {
+  Impl& s = *impl_;
+  if (d_num_tokens == nullptr || reinterpret_cast<std::uintptr_t>(d_num_tokens) % 4 != 0) {
+    throw ArgumentError(
+        "DispatchStage::run_device_count: d_num_tokens must be a non-null, 4-byte aligned device "
+        "pointer");
+  }
+  if (max_tokens < 0 || max_tokens > this->max_tokens()) {
+    throw ArgumentError("DispatchStage::run_device_count: max_tokens " + count_text(max_tokens) +
+                        " outside the allowed 0.." + count_text(this->max_tokens()) +
+                        " (device counts cannot overflow into eager buffers)");
+  }
+  DeviceGuard guard(s.config.device);
+  const CallerCapture capture = caller_capture(stream);
+  s.check_stream(stream, capture);
+  Bucket& bucket = s.bucket_of(max_tokens);
+  detail::BucketGraph* graphs = s.graphs_of(bucket);
+  if (graphs == nullptr) {
+    s.launch_eager(s.main, s.main_input(), bucket.plan, bucket.tokens, d_num_tokens, 0, stream);
+    ++bucket.stats.eager_runs;
+    return s.outputs(s.main, max_tokens, bucket.tokens, false);
+  }
+  if (capture.active) {
+    continue_capture_after(
+        graphs->add_child_device_count(capture.graph, capture.deps, capture.num_deps, d_num_tokens),
+        stream);
+    ++bucket.stats.child_nodes;
+  } else {
+    graphs->launch_device_count(d_num_tokens, stream);
+    ++bucket.stats.replays;
+  }
+  return s.outputs(s.main, max_tokens, bucket.tokens, true);
+}
+
+cudaGraphNode_t DispatchStage::add_to_graph(cudaGraph_t parent, const cudaGraphNode_t* deps,
+                                            std::size_t num_deps, int num_tokens) {
+  Impl& s = *impl_;
+  if (parent == nullptr || (num_deps > 0 && deps == nullptr)) {
+    throw ArgumentError(
+        "DispatchStage::add_to_graph: parent must be a graph and deps non-null "
+        "when num_deps > 0");
+  }
+  if (num_tokens < 0 || num_tokens > max_tokens()) {
+    throw ArgumentError("DispatchStage::add_to_graph: num_tokens " + count_text(num_tokens) +
+                        " outside the allowed 0.." + count_text(max_tokens()));
+  }
+  DeviceGuard guard(s.config.device);
+  Bucket& bucket = s.bucket_of(num_tokens);
+  detail::BucketGraph* graphs = s.graphs_of(bucket);
+  if (graphs == nullptr) {
+    throw Error("DispatchStage::add_to_graph: bucket " + count_text(bucket.tokens) +
+                " has no graph (its capture failed; see the log)");
+  }
+  ++bucket.stats.child_nodes;
+  s.last_was_overflow = false;
+  return graphs->add_child(parent, deps, num_deps, num_tokens);
+}
+
+cudaGraphNode_t DispatchStage::add_to_graph_device_count(cudaGraph_t parent,
+                                                         const cudaGraphNode_t* deps,
+                                                         std::size_t num_deps,
+                                                         const std::int32_t* d_num_tokens,
+                                                         int max_tokens) {
+  Impl& s = *impl_;
+  if (parent == nullptr || (num_deps > 0 && deps == nullptr) || d_num_tokens == nullptr) {
+    throw ArgumentError(
+        "DispatchStage::add_to_graph_device_count: parent, d_num_tokens (and deps "
+        "when num_deps > 0) must be non-null");
+  }
+  if (max_tokens < 0 || max_tokens > this->max_tokens()) {
+    throw ArgumentError("DispatchStage::add_to_graph_device_count: max_tokens " +
+                        count_text(max_tokens) + " outside the allowed 0.." +
+                        count_text(this->max_tokens()));
+  }
+  DeviceGuard guard(s.config.device);
+  Bucket& bucket = s.bucket_of(max_tokens);
+  detail::BucketGraph* graphs = s.graphs_of(bucket);
+  if (graphs == nullptr) {
+    throw Error("DispatchStage::add_to_graph_device_count: bucket " + count_text(bucket.tokens) +
+                " has no graph (its capture failed; see the log)");
+  }
+  ++bucket.stats.child_nodes;
+  s.last_was_overflow = false;
+  return graphs->add_child_device_count(parent, deps, num_deps, d_num_tokens);
+}
+
+std::int32_t DispatchStage::read_num_tokens_post_pad(cudaStream_t stream) {
+  Impl& s = *impl_;
+  DeviceGuard guard(s.config.device);
+  const AlignBuffers& b = s.last_was_overflow ? s.overflow : s.main;
+  MOE_DISPATCH_CUDA_CHECK(cudaMemcpyAsync(s.host_readback.get(), b.post_pad_and_counters.get(),
+                                          sizeof(std::int32_t), cudaMemcpyDeviceToHost, stream));
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return s.host_readback.get()[0];
+}
+
+DeviceCounters DispatchStage::read_counters(cudaStream_t stream) {
+  Impl& s = *impl_;
+  DeviceGuard guard(s.config.device);
+  const AlignBuffers& b = s.last_was_overflow ? s.overflow : s.main;
+  MOE_DISPATCH_CUDA_CHECK(
+      cudaMemcpyAsync(s.host_readback.get() + 1, b.post_pad_and_counters.get() + 1,
+                      sizeof(std::int32_t) * kNumCounters, cudaMemcpyDeviceToHost, stream));
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const std::int32_t* c = s.host_readback.get() + 1;
+  return DeviceCounters{c[0], c[1], c[2]};
+}
+
+StageStats DispatchStage::stats() const {
+  const Impl& s = *impl_;
+  StageStats out;
+  for (const Bucket& b : s.buckets) out.buckets.push_back(b.stats);
+  out.device_bytes =
+      s.main.bytes() + s.overflow.bytes() + static_cast<std::int64_t>(s.expert_map.bytes());
+  out.device_allocations = s.allocations;
+  out.overflow_runs = s.overflow_runs;
+  out.overflow_growths = s.overflow_growths;
+  return out;
+}
+
+}  // namespace moe_dispatch

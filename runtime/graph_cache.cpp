@@ -1,0 +1,68 @@
+#include "runtime/graph_cache.hpp"
+
+namespace moe_dispatch::detail {
+
+BucketGraph::BucketGraph(const kernels::AlignParams& params, const kernels::AlignPlan& plan,
+                         cudaStream_t capture_stream)
+    : args_(params) {
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(capture_stream, cudaStreamCaptureModeThreadLocal));
+  const cudaError_t launched = kernels::launch_align(params, plan, capture_stream);
+  cudaGraph_t captured = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(capture_stream, &captured);
+  graph_ = Graph(captured);  // released even when the launch failed
+  MOE_DISPATCH_CUDA_CHECK(launched);
+  MOE_DISPATCH_CUDA_CHECK(ended);
+
+  // The kernels form a chain; its root is the kernel that reads the count.
+  std::size_t num_roots = 1;
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphGetRootNodes(graph_.get(), &first_kernel_, &num_roots));
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphKernelNodeGetParams(first_kernel_, &first_params_));
+
+  cudaGraphExec_t exec = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec, graph_.get(), 0));
+  exec_ = GraphExec(exec);
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphUpload(exec, capture_stream));
+}
+
+cudaKernelNodeParams BucketGraph::retarget(const std::int32_t* d_num_tokens, int num_tokens) {
+  args_.num_tokens = d_num_tokens;
+  args_.host_num_tokens = num_tokens;
+  arg_pointers_[0] = &args_;
+  cudaKernelNodeParams p = first_params_;
+  p.kernelParams = arg_pointers_;
+  p.extra = nullptr;
+  return p;  // the CUDA call that takes it copies the argument values
+}
+
+void BucketGraph::launch(int num_tokens, cudaStream_t stream) {
+  const cudaKernelNodeParams p = retarget(nullptr, num_tokens);
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphExecKernelNodeSetParams(exec_.get(), first_kernel_, &p));
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec_.get(), stream));
+}
+
+void BucketGraph::launch_device_count(const std::int32_t* d_num_tokens, cudaStream_t stream) {
+  const cudaKernelNodeParams p = retarget(d_num_tokens, 0);
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphExecKernelNodeSetParams(exec_.get(), first_kernel_, &p));
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec_.get(), stream));
+}
+
+cudaGraphNode_t BucketGraph::add_child(cudaGraph_t parent, const cudaGraphNode_t* deps,
+                                       std::size_t num_deps, int num_tokens) {
+  const cudaKernelNodeParams p = retarget(nullptr, num_tokens);
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphKernelNodeSetParams(first_kernel_, &p));
+  cudaGraphNode_t node = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphAddChildGraphNode(&node, parent, deps, num_deps, graph_.get()));
+  return node;
+}
+
+cudaGraphNode_t BucketGraph::add_child_device_count(cudaGraph_t parent, const cudaGraphNode_t* deps,
+                                                    std::size_t num_deps,
+                                                    const std::int32_t* d_num_tokens) {
+  const cudaKernelNodeParams p = retarget(d_num_tokens, 0);
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphKernelNodeSetParams(first_kernel_, &p));
+  cudaGraphNode_t node = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphAddChildGraphNode(&node, parent, deps, num_deps, graph_.get()));
+  return node;
+}
+
+}  // namespace moe_dispatch::detail

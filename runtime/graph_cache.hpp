@@ -1,0 +1,48 @@
+// The graph of one bucket: the alignment kernels captured once, instantiated and uploaded, then
+// retargeted per launch. Only the first kernel node reads the count (AlignParams::host_num_tokens
+// or AlignParams::num_tokens); each launch updates that node's parameters in the executable graph
+// (cudaGraphExecKernelNodeSetParams), which affects only later launches, so back-to-back launches
+// with different counts do not race. Measured against a memset node that writes the count into
+// device memory before the kernels: one node fewer per replay (docs/BENCHMARKS.md).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "kernels/align.hpp"
+#include "moe_dispatch/cuda_raii.hpp"
+
+namespace moe_dispatch::detail {
+
+class BucketGraph {
+ public:
+  // Captures the kernels for `params`/`plan` on `capture_stream` (thread-local capture mode),
+  // instantiates and uploads the graph.
+  BucketGraph(const kernels::AlignParams& params, const kernels::AlignPlan& plan,
+              cudaStream_t capture_stream);
+
+  // Launches with the count given on the host, or read from device memory at replay.
+  void launch(int num_tokens, cudaStream_t stream);
+  void launch_device_count(const std::int32_t* d_num_tokens, cudaStream_t stream);
+
+  // Adds a copy of the graph to `parent` as a child node, with the count fixed or read from
+  // d_num_tokens at replay.
+  cudaGraphNode_t add_child(cudaGraph_t parent, const cudaGraphNode_t* deps, std::size_t num_deps,
+                            int num_tokens);
+  cudaGraphNode_t add_child_device_count(cudaGraph_t parent, const cudaGraphNode_t* deps,
+                                         std::size_t num_deps, const std::int32_t* d_num_tokens);
+
+ private:
+  // Node parameters of the first kernel retargeted to a count source; points into args_.
+  cudaKernelNodeParams retarget(const std::int32_t* d_num_tokens, int num_tokens);
+
+  Graph graph_;
+  GraphExec exec_;
+  cudaGraphNode_t first_kernel_ = nullptr;
+  cudaKernelNodeParams first_params_{};  // function and launch shape of the first kernel
+  kernels::AlignParams args_;
+  void* arg_pointers_[1] = {nullptr};
+};
+
+}  // namespace moe_dispatch::detail

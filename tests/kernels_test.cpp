@@ -1,0 +1,269 @@
+// GPU suite for the alignment kernels: every variant against the host reference, entry for entry,
+// on fresh random inputs over the sweep of issue #3, outputs poisoned before each run.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/align.hpp"
+#include "moe_dispatch/align.hpp"
+#include "moe_dispatch/cuda_raii.hpp"
+#include "moe_dispatch/reference.hpp"
+#include "support/device_check.hpp"
+#include "support/gpu.hpp"
+
+extern const bool kNeedsGpu;
+const bool kNeedsGpu = true;
+
+namespace md = moe_dispatch;
+namespace mk = moe_dispatch::kernels;
+using md::test::Routing;
+
+namespace {
+
+// Device buffers sized for one shape's capacity, reused across runs.
+class Harness {
+ public:
+  Harness(int max_tokens, int num_experts, int top_k, int block_size, bool pad,
+          mk::AlignVariant variant, const md::ExpertMap* map = nullptr)
+      : shape_{num_experts, top_k, block_size, pad}, max_tokens_(max_tokens), map_(map) {
+    const std::int64_t max_numel = std::int64_t{max_tokens} * top_k;
+    plan_ = mk::plan_align(max_numel, num_experts, block_size, variant);
+    input_ = md::DeviceBuffer<std::int32_t>(
+        static_cast<std::size_t>(std::max<std::int64_t>(max_numel, 1)));
+    sorted_ = md::DeviceBuffer<std::int32_t>(
+        static_cast<std::size_t>(md::sorted_capacity(shape_, max_numel)));
+    expert_ids_ = md::DeviceBuffer<std::int32_t>(
+        static_cast<std::size_t>(md::expert_ids_capacity(shape_, max_numel)));
+    small_ = md::DeviceBuffer<std::int32_t>(5);  // post pad, counters[3], count
+    scratch_ = md::DeviceBuffer<std::int32_t>(
+        std::max<std::size_t>(1, mk::align_scratch_ints(plan_, num_experts)));
+    if (map != nullptr) {
+      map_buffer_ = md::DeviceBuffer<std::int32_t>(map->global_to_local.size());
+      MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(map_buffer_.get(), map->global_to_local.data(),
+                                         map->global_to_local.size() * 4, cudaMemcpyHostToDevice));
+    }
+  }
+
+  const mk::AlignPlan& plan() const { return plan_; }
+
+  // Runs `ids` (num_tokens rows) with the device count set to `device_count`; returns the outputs.
+  md::test::DeviceResult run(const std::vector<std::int32_t>& ids, int device_count) {
+    MOE_DISPATCH_CUDA_CHECK(cudaMemset(input_.get(), md::test::kPoisonByte, input_.bytes()));
+    if (!ids.empty()) {
+      MOE_DISPATCH_CUDA_CHECK(
+          cudaMemcpy(input_.get(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+    }
+    MOE_DISPATCH_CUDA_CHECK(cudaMemset(sorted_.get(), md::test::kPoisonByte, sorted_.bytes()));
+    MOE_DISPATCH_CUDA_CHECK(
+        cudaMemset(expert_ids_.get(), md::test::kPoisonByte, expert_ids_.bytes()));
+    MOE_DISPATCH_CUDA_CHECK(cudaMemset(small_.get(), md::test::kPoisonByte, 16));
+    MOE_DISPATCH_CUDA_CHECK(cudaMemset(scratch_.get(), md::test::kPoisonByte, scratch_.bytes()));
+    MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(small_.get() + 4, &device_count, 4, cudaMemcpyHostToDevice));
+    MOE_DISPATCH_CUDA_CHECK(mk::launch_align(params(), plan_, nullptr));
+    MOE_DISPATCH_CUDA_CHECK(cudaDeviceSynchronize());
+    return md::test::copy_back(sorted_.get(), sorted_.size(), expert_ids_.get(), expert_ids_.size(),
+                               small_.get(), small_.get() + 1);
+  }
+
+  mk::AlignParams params() const {
+    mk::AlignParams p;
+    p.topk_ids = input_.get();
+    p.num_tokens = small_.get() + 4;
+    p.expert_map = map_ != nullptr ? map_buffer_.get() : nullptr;
+    p.sorted_token_ids = sorted_.get();
+    p.expert_ids = expert_ids_.get();
+    p.num_tokens_post_pad = small_.get();
+    p.counters = small_.get() + 1;
+    p.scratch = scratch_.get();
+    p.num_experts = shape_.num_experts;
+    p.top_k = shape_.top_k;
+    p.block_size = shape_.block_size;
+    p.max_tokens = max_tokens_;
+    p.pad_sorted_ids = shape_.pad_sorted_ids;
+    p.map_after = map_ != nullptr && map_->mode == md::ExpertMapMode::kMapAfter;
+    return p;
+  }
+
+  // Checks one routing against the host reference; returns the difference ("" when equal).
+  std::string check(const std::vector<std::int32_t>& ids) {
+    const int tokens = static_cast<int>(ids.size()) / shape_.top_k;
+    const md::HostAlignResult expected = md::align_reference(ids, shape_, map_);
+    return md::test::compare(expected, run(ids, tokens), tokens);
+  }
+
+ private:
+  md::AlignShape shape_;
+  int max_tokens_;
+  const md::ExpertMap* map_;
+  mk::AlignPlan plan_;
+  md::DeviceBuffer<std::int32_t> input_, sorted_, expert_ids_, small_, scratch_, map_buffer_;
+};
+
+std::vector<mk::AlignVariant> variants_for(std::int64_t numel, int num_experts) {
+  std::vector<mk::AlignVariant> v{mk::AlignVariant::kLarge};
+  if (numel <= 16384 && num_experts <= 2048) v.push_back(mk::AlignVariant::kSmall);
+  return v;
+}
+
+std::string name(mk::AlignVariant v) { return v == mk::AlignVariant::kSmall ? "small" : "large"; }
+
+}  // namespace
+
+TEST_CASE(
+    "every variant matches the host reference over the token, expert, top-k and block sweep") {
+  const int token_counts[] = {0, 1, 2, 3, 7, 64, 255, 256, 1000, 4096, 16384, 65536};
+  const int expert_counts[] = {1, 2, 8, 64, 128, 256, 257, 1024};
+  const int top_ks[] = {1, 2, 8};
+  const int block_sizes[] = {1, 16, 64, 128};
+  const Routing routings[] = {Routing::kUniform, Routing::kZipf, Routing::kWithInvalid,
+                              Routing::kOneExpert, Routing::kOneNonEmpty};
+  std::mt19937 rng(20261125);
+  int checked = 0;
+  for (const int experts : expert_counts) {
+    for (const int top_k : top_ks) {
+      if (top_k > experts) continue;
+      for (const int block : block_sizes) {
+        const int max_tokens = 65536;
+        for (const mk::AlignVariant variant :
+             variants_for(std::int64_t{max_tokens} * top_k, experts)) {
+          // The small variant's capacity is 16384 slots: give it its own capacity.
+          const int capacity = variant == mk::AlignVariant::kSmall ? 16384 / top_k : max_tokens;
+          Harness h(capacity, experts, top_k, block, false, variant);
+          for (const int tokens : token_counts) {
+            if (tokens > capacity) continue;
+            const Routing routing = routings[static_cast<std::size_t>(checked) % 5];
+            const auto ids = md::test::make_routing(routing, tokens, top_k, experts, rng);
+            const std::string diff = h.check(ids);
+            INFO(name(variant) << " E=" << experts << " top_k=" << top_k << " B=" << block
+                               << " tokens=" << tokens
+                               << " routing=" << std::string(md::test::to_string(routing)));
+            CHECK_MESSAGE(diff.empty(), diff);
+            ++checked;
+          }
+        }
+      }
+    }
+  }
+  MESSAGE("checked " << checked << " runs");
+  CHECK(checked > 1000);
+}
+
+TEST_CASE("skewed routings give exact results in both variants") {
+  std::mt19937 rng(7);
+  const Routing skews[] = {Routing::kOneExpert, Routing::kOneNonEmpty, Routing::kZipf};
+  for (const int experts : {8, 256, 1024}) {
+    for (const int tokens : {1, 255, 2048}) {
+      for (const mk::AlignVariant variant : variants_for(std::int64_t{tokens} * 8, experts)) {
+        Harness h(2048, experts, 8, 64, false, variant);
+        for (const Routing r : skews) {
+          INFO(name(variant) << " E=" << experts << " tokens=" << tokens << " "
+                             << std::string(md::test::to_string(r)));
+          const std::string diff = h.check(md::test::make_routing(r, tokens, 8, experts, rng));
+          CHECK_MESSAGE(diff.empty(), diff);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("the largest supported numel and 4096 experts run on the large variant") {
+  std::mt19937 rng(11);
+  Harness h(1 << 21, 4096, 8, 16, true, mk::AlignVariant::kLarge);  // numel = 2^24
+  const auto ids = md::test::make_routing(Routing::kWithInvalid, 1 << 21, 8, 4096, rng);
+  const std::string diff = h.check(ids);
+  CHECK_MESSAGE(diff.empty(), diff);
+}
+
+TEST_CASE("top_k 32 and pad_sorted_ids match the reference") {
+  std::mt19937 rng(12);
+  for (const mk::AlignVariant variant : {mk::AlignVariant::kSmall, mk::AlignVariant::kLarge}) {
+    Harness h(512, 64, 32, 48, true, variant);
+    for (const int tokens : {0, 1, 33, 511, 512}) {
+      INFO(name(variant) << " tokens=" << tokens);
+      const std::string diff =
+          h.check(md::test::make_routing(Routing::kUniform, tokens, 32, 64, rng));
+      CHECK_MESSAGE(diff.empty(), diff);
+    }
+  }
+}
+
+TEST_CASE("expert_map drop and map_after modes match the reference") {
+  std::mt19937 rng(13);
+  for (const auto mode : {md::ExpertMapMode::kDrop, md::ExpertMapMode::kMapAfter}) {
+    const md::ExpertMap map = md::split_experts(256, 1, 4, mode);
+    for (const mk::AlignVariant variant : {mk::AlignVariant::kSmall, mk::AlignVariant::kLarge}) {
+      Harness h(1024, 256, 8, 64, false, variant, &map);
+      for (const int tokens : {0, 1, 100, 1024}) {
+        INFO(name(variant) << " mode=" << md::to_string(mode) << " tokens=" << tokens);
+        const std::string diff =
+            h.check(md::test::make_routing(Routing::kWithInvalid, tokens, 8, 256, rng));
+        CHECK_MESSAGE(diff.empty(), diff);
+      }
+    }
+  }
+}
+
+TEST_CASE("two runs on the same input are bit-identical") {
+  std::mt19937 rng(14);
+  for (const mk::AlignVariant variant : {mk::AlignVariant::kSmall, mk::AlignVariant::kLarge}) {
+    Harness h(2048, 256, 8, 64, false, variant);
+    const auto ids = md::test::make_routing(Routing::kZipf, 2048, 8, 256, rng);
+    const md::test::DeviceResult first = h.run(ids, 2048);
+    const md::test::DeviceResult second = h.run(ids, 2048);
+    CHECK(first.sorted_token_ids == second.sorted_token_ids);
+    CHECK(first.expert_ids == second.expert_ids);
+    CHECK(first.num_tokens_post_pad == second.num_tokens_post_pad);
+  }
+}
+
+TEST_CASE("a device count outside [0, capacity] is clamped and flagged, never read out of bounds") {
+  std::mt19937 rng(15);
+  for (const mk::AlignVariant variant : {mk::AlignVariant::kSmall, mk::AlignVariant::kLarge}) {
+    Harness h(256, 64, 2, 16, false, variant);
+    const auto ids = md::test::make_routing(Routing::kUniform, 256, 2, 64, rng);
+    const md::AlignShape shape{64, 2, 16, false};
+
+    const md::test::DeviceResult above = h.run(ids, 100000);
+    CHECK(above.counters[1] == 1);
+    CHECK(md::test::compare(md::align_reference(ids, shape), above, 256).empty());
+
+    const md::test::DeviceResult negative = h.run(ids, -5);
+    CHECK(negative.counters[1] == 1);
+    CHECK(md::test::compare(md::align_reference(std::vector<std::int32_t>{}, shape), negative, 0)
+              .empty());
+
+    const md::test::DeviceResult inside = h.run(ids, 256);
+    CHECK(inside.counters[1] == 0);
+  }
+}
+
+TEST_CASE("a count below the capacity aligns only the true count, never the capacity") {
+  std::mt19937 rng(16);
+  for (const mk::AlignVariant variant : {mk::AlignVariant::kSmall, mk::AlignVariant::kLarge}) {
+    Harness h(1024, 128, 8, 64, false, variant);
+    for (const int tokens : {1, 3, 1000}) {
+      // Rows past the count hold valid ids that must be ignored.
+      auto ids = md::test::make_routing(Routing::kUniform, 1024, 8, 128, rng);
+      const std::vector<std::int32_t> head(ids.begin(), ids.begin() + tokens * 8);
+      md::test::DeviceResult r = h.run(ids, tokens);
+      INFO(name(variant) << " tokens=" << tokens);
+      const std::string diff = md::test::compare(
+          md::align_reference(head, md::AlignShape{128, 8, 64, false}), r, tokens);
+      CHECK_MESSAGE(diff.empty(), diff);
+    }
+  }
+}
+
+TEST_CASE("the planner picks one kernel for decode shapes") {
+  for (const int experts : {8, 64, 128, 256}) {
+    for (const int numel : {1, 64, 1024, 4096}) {
+      const mk::AlignPlan plan = mk::plan_align(numel, experts, 64);
+      CHECK(plan.kernels == 1);
+      CHECK(plan.variant == mk::AlignVariant::kSmall);
+    }
+  }
+  CHECK(mk::plan_align(std::int64_t{1} << 20, 256, 64).variant == mk::AlignVariant::kLarge);
+}

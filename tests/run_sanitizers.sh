@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the gpu suites' representative cases under compute-sanitizer: memcheck, racecheck,
+# synccheck and initcheck. Usage: tests/run_sanitizers.sh BIN_DIR [LOG_DIR]
+# Exits non-zero when any tool reports an error. Needs a GPU and compute-sanitizer on PATH.
+set -u
+bin=${1:?usage: run_sanitizers.sh BIN_DIR [LOG_DIR]}
+logs=${2:-.}
+export MOE_DISPATCH_SOURCE_DIR=${MOE_DISPATCH_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+# The full sweep is too slow under the sanitizers; these cases cover both variants, every output,
+# expert maps, clamped counts, capture, child graphs and overflow.
+kernel_cases='skewed*,top_k 32*,expert_map*,two runs*,a device count*,a count below*'
+stage_cases='run inside*,a bucket graph*,run_device_count*,counts above*,an engine-registered*,lazy*'
+status=0
+for tool in memcheck racecheck synccheck initcheck; do
+  for suite in "kernels_test:$kernel_cases" "stage_test:$stage_cases"; do
+    name=${suite%%:*}
+    cases=${suite#*:}
+    log="$logs/sanitizer-$tool-$name.log"
+    extra=()
+    [ "$tool" = memcheck ] && extra=(--leak-check full)
+    "$sanitizer" --tool "$tool" --error-exitcode 99 "${extra[@]}" \
+      "$bin/$name" --test-case="$cases" >"$log" 2>&1
+    rc=$?
+    summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
+    printf '%-10s %-13s rc=%-3s %s\n' "$tool" "$name" "$rc" "$summary"
+    [ $rc -ne 0 ] && status=1
+  done
+done
+exit $status

@@ -1,0 +1,412 @@
+// GPU suite for DispatchStage: graph replays against the host reference for every bucket of every
+// preset, back-to-back runs without host syncs, zero allocations after construction, the caller's
+// own capture and child graphs, overflow policies, and bad arguments.
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "moe_dispatch/align.hpp"
+#include "moe_dispatch/config.hpp"
+#include "moe_dispatch/cuda_raii.hpp"
+#include "moe_dispatch/dispatch_stage.hpp"
+#include "moe_dispatch/errors.hpp"
+#include "moe_dispatch/reference.hpp"
+#include "support/device_check.hpp"
+#include "support/device_routing.hpp"
+#include "support/gpu.hpp"
+
+extern const bool kNeedsGpu;
+const bool kNeedsGpu = true;
+
+namespace md = moe_dispatch;
+using md::test::Routing;
+
+namespace {
+
+std::filesystem::path source_dir() {
+  const char* dir = std::getenv("MOE_DISPATCH_SOURCE_DIR");
+  if (dir == nullptr)
+    throw std::runtime_error("MOE_DISPATCH_SOURCE_DIR is not set (run via ctest)");
+  return dir;
+}
+
+md::DispatchConfig small_config() {
+  md::DispatchConfig c;
+  c.num_experts = 64;
+  c.top_k = 2;
+  c.block_size = 16;
+  c.buckets = {1, 8, 64, 256};
+  c.log = false;
+  return c;
+}
+
+void poison(const md::DispatchOutputs& out, cudaStream_t stream) {
+  MOE_DISPATCH_CUDA_CHECK(cudaMemsetAsync(const_cast<std::int32_t*>(out.sorted_token_ids),
+                                          md::test::kPoisonByte, out.sorted_token_ids_size * 4,
+                                          stream));
+  MOE_DISPATCH_CUDA_CHECK(cudaMemsetAsync(const_cast<std::int32_t*>(out.expert_ids),
+                                          md::test::kPoisonByte, out.expert_ids_size * 4, stream));
+  MOE_DISPATCH_CUDA_CHECK(cudaMemsetAsync(const_cast<std::int32_t*>(out.num_tokens_post_pad),
+                                          md::test::kPoisonByte, 16, stream));
+}
+
+md::test::DeviceResult fetch(const md::DispatchOutputs& out) {
+  return md::test::copy_back(out.sorted_token_ids,
+                             static_cast<std::size_t>(out.sorted_token_ids_size), out.expert_ids,
+                             static_cast<std::size_t>(out.expert_ids_size), out.num_tokens_post_pad,
+                             reinterpret_cast<const std::int32_t*>(out.counters));
+}
+
+// Writes `ids` to the stage's input, poisons the outputs, runs, and compares with the reference.
+std::string run_and_compare(md::DispatchStage& stage, const std::vector<std::int32_t>& ids,
+                            cudaStream_t stream) {
+  const md::DispatchConfig& cfg = stage.config();
+  const int tokens = static_cast<int>(ids.size()) / cfg.top_k;
+  std::int32_t* input = stage.input_for(tokens);
+  if (!ids.empty()) {
+    MOE_DISPATCH_CUDA_CHECK(
+        cudaMemcpyAsync(input, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, stream));
+  }
+  // The first run tells where the outputs live; poison them, then run again.
+  const md::DispatchOutputs probe = stage.run(tokens, stream);
+  poison(probe, stream);
+  const md::DispatchOutputs out = stage.run(tokens, stream);
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const md::ExpertMap* map = cfg.expert_map ? &*cfg.expert_map : nullptr;
+  return md::test::compare(md::align_reference(ids, md::shape_of(cfg), map), fetch(out), tokens);
+}
+
+}  // namespace
+
+TEST_CASE("replays match the host reference at every bucket of every preset and between buckets") {
+  std::mt19937 rng(1);
+  const md::Stream stream = md::make_stream();
+  for (const char* preset :
+       {"default.yaml", "mixtral-8x7b.yaml", "qwen3-moe.yaml", "deepseek-v3.yaml"}) {
+    md::DispatchConfig cfg = md::load_config(source_dir() / "configs" / preset);
+    cfg.log = false;
+    md::DispatchStage stage(cfg);
+    std::vector<int> counts{0};
+    for (const int b : cfg.buckets) {
+      for (const int n : {1, b - 1, b, b + 1}) {
+        if (n >= 0 && n <= cfg.max_tokens()) counts.push_back(n);
+      }
+    }
+    for (const int n : counts) {
+      const auto ids =
+          md::test::make_routing(Routing::kWithInvalid, n, cfg.top_k, cfg.num_experts, rng);
+      INFO(preset << " tokens=" << n << " bucket=" << stage.bucket_for(n));
+      const std::string diff = run_and_compare(stage, ids, stream.get());
+      CHECK_MESSAGE(diff.empty(), diff);
+    }
+    for (const md::BucketStats& b : stage.stats().buckets) {
+      CHECK(b.captured);
+      CHECK(b.eager_runs == 0);
+    }
+  }
+}
+
+TEST_CASE("2000 back-to-back runs with device-written routing and no host sync are all exact") {
+  md::DispatchConfig cfg = small_config();
+  md::DispatchStage stage(cfg);
+  const md::Stream stream = md::make_stream();
+  const md::AlignShape shape = md::shape_of(cfg);
+  const int steps = 2000;
+  const auto sorted_slot = static_cast<std::size_t>(md::sorted_capacity(shape, 256 * 2));
+  const auto blocks_slot = static_cast<std::size_t>(md::expert_ids_capacity(shape, 256 * 2));
+  const std::size_t slot = sorted_slot + blocks_slot + 4;
+  md::DeviceBuffer<std::int32_t> history(slot * steps);
+  MOE_DISPATCH_CUDA_CHECK(cudaMemset(history.get(), md::test::kPoisonByte, history.bytes()));
+  std::mt19937 rng(2);
+  std::uniform_int_distribution<int> count(0, 256);
+  std::vector<int> tokens(steps);
+  for (int s = 0; s < steps; ++s) {
+    tokens[s] = count(rng);
+    MOE_DISPATCH_CUDA_CHECK(md::test::launch_hashed_routing(
+        stage.input(), tokens[s] * 2, static_cast<std::uint32_t>(s), 64, stream.get()));
+    const md::DispatchOutputs out = stage.run(tokens[s], stream.get());
+    std::int32_t* dst = history.get() + slot * s;
+    const auto numel = std::int64_t{tokens[s]} * 2;
+    MOE_DISPATCH_CUDA_CHECK(cudaMemcpyAsync(dst, out.sorted_token_ids,
+                                            md::sorted_capacity(shape, numel) * 4,
+                                            cudaMemcpyDeviceToDevice, stream.get()));
+    MOE_DISPATCH_CUDA_CHECK(cudaMemcpyAsync(dst + sorted_slot, out.expert_ids,
+                                            md::expert_ids_capacity(shape, numel) * 4,
+                                            cudaMemcpyDeviceToDevice, stream.get()));
+    MOE_DISPATCH_CUDA_CHECK(cudaMemcpyAsync(dst + sorted_slot + blocks_slot,
+                                            out.num_tokens_post_pad, 16, cudaMemcpyDeviceToDevice,
+                                            stream.get()));
+  }
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+  std::vector<std::int32_t> host(history.size());
+  MOE_DISPATCH_CUDA_CHECK(
+      cudaMemcpy(host.data(), history.get(), history.bytes(), cudaMemcpyDeviceToHost));
+  int exact = 0;
+  for (int s = 0; s < steps; ++s) {
+    const auto ids = md::test::hashed_routing(tokens[s] * 2, static_cast<std::uint32_t>(s), 64);
+    const md::HostAlignResult want = md::align_reference(ids, shape);
+    const std::int32_t* got = host.data() + slot * s;
+    bool same = std::equal(want.sorted_token_ids.begin(), want.sorted_token_ids.end(), got) &&
+                std::equal(want.expert_ids.begin(), want.expert_ids.end(), got + sorted_slot) &&
+                got[sorted_slot + blocks_slot] == want.num_tokens_post_pad &&
+                got[sorted_slot + blocks_slot + 1] == want.num_invalid_ids &&
+                got[sorted_slot + blocks_slot + 3] == tokens[s];
+    if (!same) {
+      FAIL_CHECK("step " << s << " (" << tokens[s] << " tokens) differs from the reference");
+    } else {
+      ++exact;
+    }
+  }
+  CHECK(exact == steps);
+}
+
+TEST_CASE("no device memory is allocated across 100k replays after construction") {
+  md::DispatchStage stage(small_config());
+  const md::Stream stream = md::make_stream();
+  MOE_DISPATCH_CUDA_CHECK(cudaDeviceSynchronize());
+  const std::int64_t allocations = stage.stats().device_allocations;
+  std::size_t free_before = 0, free_after = 0, total = 0;
+  MOE_DISPATCH_CUDA_CHECK(cudaMemGetInfo(&free_before, &total));
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> count(0, 256);
+  for (int i = 0; i < 100000; ++i) stage.run(count(rng), stream.get());
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+  MOE_DISPATCH_CUDA_CHECK(cudaMemGetInfo(&free_after, &total));
+  CHECK(stage.stats().device_allocations == allocations);
+  CHECK(free_after == free_before);
+  std::int64_t replays = 0;
+  for (const auto& b : stage.stats().buckets) replays += b.replays;
+  CHECK(replays == 100000);
+}
+
+TEST_CASE("run inside the caller's stream capture gives the same outputs when the caller replays") {
+  md::DispatchStage stage(small_config());
+  const md::Stream stream = md::make_stream();
+  std::mt19937 rng(4);
+  const auto ids = md::test::make_routing(Routing::kUniform, 100, 2, 64, rng);
+  MOE_DISPATCH_CUDA_CHECK(
+      cudaMemcpy(stage.input(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal));
+  const md::DispatchOutputs out = stage.run(100, stream.get());
+  cudaGraph_t captured = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &captured));
+  md::Graph graph(captured);
+  cudaGraphExec_t exec_raw = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
+  md::GraphExec exec(exec_raw);
+
+  // A different count run in between must not leak into the caller's graph.
+  stage.run(7, stream.get());
+  poison(out, stream.get());
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream.get()));
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+  const std::string diff =
+      md::test::compare(md::align_reference(ids, md::shape_of(stage.config())), fetch(out), 100);
+  CHECK_MESSAGE(diff.empty(), diff);
+  CHECK(stage.stats().buckets[3].child_nodes == 1);
+}
+
+TEST_CASE("a bucket graph added as a child node gives the same outputs, host or device count") {
+  md::DispatchStage stage(small_config());
+  const md::Stream stream = md::make_stream();
+  std::mt19937 rng(5);
+  const auto ids = md::test::make_routing(Routing::kZipf, 200, 2, 64, rng);
+  MOE_DISPATCH_CUDA_CHECK(
+      cudaMemcpy(stage.input(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+  md::DeviceBuffer<std::int32_t> d_count(1);
+  const std::int32_t n = 150;
+  MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(d_count.get(), &n, 4, cudaMemcpyHostToDevice));
+  const md::DispatchOutputs out = stage.run(0, stream.get());
+  const std::vector<std::int32_t> head(ids.begin(), ids.begin() + 2 * n);
+
+  for (const bool device_count : {false, true}) {
+    cudaGraph_t raw = nullptr;
+    MOE_DISPATCH_CUDA_CHECK(cudaGraphCreate(&raw, 0));
+    md::Graph parent(raw);
+    if (device_count) {
+      stage.add_to_graph_device_count(parent.get(), nullptr, 0, d_count.get(), 256);
+    } else {
+      stage.add_to_graph(parent.get(), nullptr, 0, n);
+    }
+    cudaGraphExec_t exec_raw = nullptr;
+    MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, parent.get(), 0));
+    md::GraphExec exec(exec_raw);
+    poison(out, stream.get());
+    MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream.get()));
+    MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+    INFO("device_count=" << device_count);
+    const std::string diff =
+        md::test::compare(md::align_reference(head, md::shape_of(stage.config())), fetch(out), n);
+    CHECK_MESSAGE(diff.empty(), diff);
+  }
+}
+
+TEST_CASE("run_device_count reads the exact count on the device and clamps a bad one") {
+  md::DispatchStage stage(small_config());
+  const md::Stream stream = md::make_stream();
+  std::mt19937 rng(6);
+  const auto ids = md::test::make_routing(Routing::kUniform, 64, 2, 64, rng);
+  MOE_DISPATCH_CUDA_CHECK(
+      cudaMemcpy(stage.input(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+  md::DeviceBuffer<std::int32_t> d_count(2);
+  const std::int32_t counts[2] = {37, 1000};
+  MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(d_count.get(), counts, 8, cudaMemcpyHostToDevice));
+
+  poison(stage.run(0, stream.get()), stream.get());
+  const md::DispatchOutputs out = stage.run_device_count(d_count.get(), 64, stream.get());
+  CHECK(out.bucket == 64);
+  const std::vector<std::int32_t> head(ids.begin(), ids.begin() + 74);
+  std::string diff =
+      md::test::compare(md::align_reference(head, md::shape_of(stage.config())), fetch(out), 37);
+  CHECK_MESSAGE(diff.empty(), diff);
+  CHECK(stage.read_counters(stream.get()).count_clamped == 0);
+
+  // A second source pointer rebinds the copy node; 1000 > bucket 64 is clamped to 64.
+  stage.run_device_count(d_count.get() + 1, 64, stream.get());
+  const md::DeviceCounters c = stage.read_counters(stream.get());
+  CHECK(c.count_clamped == 1);
+  CHECK(c.num_tokens == 64);
+}
+
+TEST_CASE("counts above the largest bucket follow the overflow policy") {
+  std::mt19937 rng(7);
+  const md::Stream stream = md::make_stream();
+  SUBCASE("error throws naming the count and the capacity, and enqueues nothing") {
+    md::DispatchStage stage(small_config());
+    try {
+      stage.run(257, stream.get());
+      FAIL("no exception");
+    } catch (const md::ArgumentError& e) {
+      const std::string what = e.what();
+      CHECK(what.find("257") != std::string::npos);
+      CHECK(what.find("256") != std::string::npos);
+    }
+  }
+  SUBCASE("eager grows overflow buffers once per high-water mark and stays exact") {
+    md::DispatchConfig cfg = small_config();
+    cfg.overflow = md::OverflowPolicy::kEager;
+    md::DispatchStage stage(cfg);
+    for (const int n : {300, 1000, 500, 1000}) {
+      const auto ids = md::test::make_routing(Routing::kWithInvalid, n, 2, 64, rng);
+      INFO("tokens=" << n);
+      const std::string diff = run_and_compare(stage, ids, stream.get());
+      CHECK_MESSAGE(diff.empty(), diff);
+      CHECK(stage.read_num_tokens_post_pad(stream.get()) ==
+            md::align_reference(ids, md::shape_of(cfg)).num_tokens_post_pad);
+    }
+    CHECK(stage.stats().overflow_growths == 2);
+    CHECK(stage.stats().overflow_runs == 8);
+    // Back below the capacity: the graphs and main buffers again.
+    const auto ids = md::test::make_routing(Routing::kUniform, 10, 2, 64, rng);
+    CHECK(run_and_compare(stage, ids, stream.get()).empty());
+  }
+}
+
+TEST_CASE("bad arguments are rejected with a message and nothing is enqueued") {
+  md::DispatchStage stage(small_config());
+  const md::Stream stream = md::make_stream();
+  CHECK_THROWS_AS(stage.run(-1, stream.get()), md::ArgumentError);
+  CHECK_THROWS_AS(stage.input_for(-3), md::ArgumentError);
+  CHECK_THROWS_AS(stage.run_device_count(nullptr, 10, stream.get()), md::ArgumentError);
+  md::DeviceBuffer<std::int32_t> d_count(1);
+  CHECK_THROWS_AS(stage.run_device_count(d_count.get(), 257, stream.get()), md::ArgumentError);
+  CHECK_THROWS_AS(stage.add_to_graph(nullptr, nullptr, 0, 1), md::ArgumentError);
+  md::DispatchConfig on_missing_device = small_config();
+  int devices = 0;
+  MOE_DISPATCH_CUDA_CHECK(cudaGetDeviceCount(&devices));
+  on_missing_device.device = devices;
+  CHECK_THROWS_AS(md::DispatchStage{on_missing_device}, md::ArgumentError);
+  md::DispatchConfig invalid = small_config();
+  invalid.top_k = 65;
+  CHECK_THROWS_AS(md::DispatchStage{invalid}, md::ConfigError);
+  std::int32_t host_value = 0;
+  CHECK_THROWS_AS(md::DispatchStage(small_config(), &host_value), md::ArgumentError);
+}
+
+TEST_CASE("an engine-registered input buffer is read in place") {
+  md::DeviceBuffer<std::int32_t> engine_input(256 * 2);
+  md::DispatchStage stage(small_config(), engine_input.get());
+  CHECK(stage.input() == engine_input.get());
+  std::mt19937 rng(8);
+  const md::Stream stream = md::make_stream();
+  const auto ids = md::test::make_routing(Routing::kUniform, 77, 2, 64, rng);
+  CHECK(run_and_compare(stage, ids, stream.get()).empty());
+}
+
+TEST_CASE("lazy capture captures a bucket on first use only") {
+  md::DispatchConfig cfg = small_config();
+  cfg.capture = md::CaptureMode::kLazy;
+  md::DispatchStage stage(cfg);
+  for (const auto& b : stage.stats().buckets) CHECK(b.captures == 0);
+  const md::Stream stream = md::make_stream();
+  std::mt19937 rng(9);
+  CHECK(
+      run_and_compare(stage, md::test::make_routing(Routing::kUniform, 5, 2, 64, rng), stream.get())
+          .empty());
+  const auto stats = stage.stats();
+  CHECK(stats.buckets[0].captures == 0);
+  CHECK(stats.buckets[1].captures == 1);
+  CHECK(stats.buckets[2].captures == 0);
+}
+
+TEST_CASE("two stages on two streams driven concurrently stay independent") {
+  md::DispatchStage a(small_config());
+  md::DispatchConfig cfg_b = small_config();
+  cfg_b.num_experts = 8;
+  md::DispatchStage b(cfg_b);
+  const md::Stream sa = md::make_stream();
+  const md::Stream sb = md::make_stream();
+  std::mt19937 rng(10);
+  const md::DispatchOutputs first_a = a.run(0, sa.get());
+  const md::DispatchOutputs first_b = b.run(0, sb.get());
+  for (int i = 0; i < 50; ++i) {
+    poison(first_a, sa.get());
+    poison(first_b, sb.get());
+    const auto ids_a = md::test::make_routing(Routing::kUniform, 200, 2, 64, rng);
+    const auto ids_b = md::test::make_routing(Routing::kZipf, 130, 2, 8, rng);
+    MOE_DISPATCH_CUDA_CHECK(cudaMemcpyAsync(a.input(), ids_a.data(), ids_a.size() * 4,
+                                            cudaMemcpyHostToDevice, sa.get()));
+    MOE_DISPATCH_CUDA_CHECK(cudaMemcpyAsync(b.input(), ids_b.data(), ids_b.size() * 4,
+                                            cudaMemcpyHostToDevice, sb.get()));
+    const md::DispatchOutputs oa = a.run(200, sa.get());
+    const md::DispatchOutputs ob = b.run(130, sb.get());
+    MOE_DISPATCH_CUDA_CHECK(cudaDeviceSynchronize());
+    CHECK(md::test::compare(md::align_reference(ids_a, md::shape_of(a.config())), fetch(oa), 200)
+              .empty());
+    CHECK(md::test::compare(md::align_reference(ids_b, md::shape_of(b.config())), fetch(ob), 130)
+              .empty());
+  }
+}
+
+TEST_CASE("the caller's current device is restored after every call") {
+  md::DispatchStage stage(small_config());
+  int before = -1;
+  MOE_DISPATCH_CUDA_CHECK(cudaGetDevice(&before));
+  const md::Stream stream = md::make_stream();
+  stage.run(3, stream.get());
+  int after = -1;
+  MOE_DISPATCH_CUDA_CHECK(cudaGetDevice(&after));
+  CHECK(before == after);
+}
+
+TEST_CASE("a moved stage keeps working and a destroyed stage waits for queued work") {
+  const md::Stream stream = md::make_stream();
+  std::mt19937 rng(11);
+  md::DispatchStage first(small_config());
+  md::DispatchStage moved(std::move(first));
+  CHECK(run_and_compare(moved, md::test::make_routing(Routing::kUniform, 33, 2, 64, rng),
+                        stream.get())
+            .empty());
+  {
+    md::DispatchStage doomed(small_config());
+    for (int i = 0; i < 1000; ++i) doomed.run(256, stream.get());
+  }  // destroyed with up to 1000 runs queued: the destructor waits, nothing faults
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+  MOE_DISPATCH_CUDA_CHECK(cudaGetLastError());
+}
