@@ -1,0 +1,193 @@
+#include "report.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <stdexcept>
+
+namespace serving_loop {
+namespace {
+
+double per_second(double count, double seconds) { return seconds > 0.0 ? count / seconds : 0.0; }
+
+std::string bytes_text(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB"};
+  int unit = 0;
+  while (bytes >= 1024.0 && unit < 3) {
+    bytes /= 1024.0;
+    ++unit;
+  }
+  char text[32];
+  std::snprintf(text, sizeof text, unit == 0 ? "%.0f %s" : "%.2f %s", bytes, units[unit]);
+  return text;
+}
+
+std::string json_string(const std::string& text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char escape[8];
+      std::snprintf(escape, sizeof escape, "\\u%04x", static_cast<unsigned>(c));
+      out += escape;
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+
+std::string json_number(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.3f", std::isfinite(value) ? value : 0.0);
+  return text;
+}
+
+std::string json_percentiles(const Percentiles& p) {
+  return "{\"p50\": " + json_number(p.p50) + ", \"p99\": " + json_number(p.p99) +
+         ", \"max\": " + json_number(p.max) + "}";
+}
+
+}  // namespace
+
+Percentiles percentiles(std::vector<double> samples) {
+  if (samples.empty()) return {};
+  std::sort(samples.begin(), samples.end());
+  auto rank = [&](double p) {
+    const auto index = static_cast<std::size_t>(std::ceil(p * static_cast<double>(samples.size())));
+    return samples[std::clamp<std::size_t>(index, 1, samples.size()) - 1];
+  };
+  return Percentiles{rank(0.50), rank(0.99), samples.back()};
+}
+
+void print_summary(std::FILE* out, const RunSummary& s) {
+  const int busy_steps = s.steps - s.idle_steps;
+  std::fprintf(out, "\nsummary\n");
+  std::fprintf(out, "  backend             %s (%s)\n", s.backend.c_str(), s.device.c_str());
+  std::fprintf(out, "  config              %s (%s)\n", s.config_path.c_str(),
+               s.config_shape.c_str());
+  std::fprintf(out, "  trace               %s\n", s.trace.c_str());
+  std::fprintf(out, "  layers              %d (%s)\n", s.layers,
+               s.memory ? "one DispatchStage each" : "align_reference for each");
+  std::fprintf(out, "  steps               %d (%d idle: no tokens, nothing runs) in %.2f s\n",
+               s.steps, s.idle_steps, s.seconds);
+  std::fprintf(out, "  tokens              %lld (%.1f per busy step, %.0f tokens/s)\n",
+               static_cast<long long>(s.tokens),
+               busy_steps > 0 ? static_cast<double>(s.tokens) / busy_steps : 0.0,
+               per_second(static_cast<double>(s.tokens), s.seconds));
+  if (s.check_every > 0) {
+    const std::string cadence =
+        s.check_every == 1 ? "every step" : "every " + std::to_string(s.check_every) + "th step";
+    std::fprintf(out,
+                 "  checks passed       %lld (%s, all layers; idle steps have nothing to check)\n",
+                 static_cast<long long>(s.checks_passed), cadence.c_str());
+  } else {
+    std::fprintf(out, "  checks passed       0 (checks off)\n");
+  }
+  std::fprintf(out, "  stage time          p50 %8.2f us  p99 %8.2f us  max %8.2f us\n",
+               s.stage_us.p50, s.stage_us.p99, s.stage_us.max);
+  std::fprintf(out, "                      (%s)\n", s.stage_timer.c_str());
+  std::fprintf(out, "  step time           p50 %8.2f us  p99 %8.2f us  max %8.2f us\n",
+               s.step_us.p50, s.step_us.p99, s.step_us.max);
+  std::fprintf(out,
+               "                      (host wall clock of each busy step, all layers, check "
+               "work excluded)\n");
+  if (s.memory) {
+    const DeviceMemory& m = *s.memory;
+    std::fprintf(out, "  device bytes held   %lld (%s, %d stages)\n",
+                 static_cast<long long>(m.stage_bytes),
+                 bytes_text(static_cast<double>(m.stage_bytes)).c_str(), s.layers);
+    std::fprintf(out,
+                 "  allocations         %lld after warm-up (stats().device_allocations since "
+                 "construction)\n",
+                 static_cast<long long>(m.allocations_in_loop));
+    std::fprintf(out, "  free device memory  %s before the loop, %s after (%+lld bytes)\n",
+                 bytes_text(static_cast<double>(m.free_before)).c_str(),
+                 bytes_text(static_cast<double>(m.free_after)).c_str(),
+                 static_cast<long long>(m.free_after) - static_cast<long long>(m.free_before));
+  }
+
+  const bool stage_use = !s.buckets.empty() && s.buckets.front().stage_use.has_value();
+  std::fprintf(out, "\n  %8s %8s %14s %11s\n", "bucket", "steps", "graph replays", "eager runs");
+  for (const BucketRow& row : s.buckets) {
+    if (row.stage_use) {
+      std::fprintf(out, "  %8d %8lld %14lld %11lld\n", row.tokens,
+                   static_cast<long long>(row.steps),
+                   static_cast<long long>(row.stage_use->replays),
+                   static_cast<long long>(row.stage_use->eager_runs));
+    } else {
+      std::fprintf(out, "  %8d %8lld %14s %11s\n", row.tokens, static_cast<long long>(row.steps),
+                   "-", "-");
+    }
+  }
+  if (stage_use) {
+    std::fprintf(
+        out, "  (graph replays and eager runs: DispatchStage::stats(), summed over the layers)\n");
+  }
+}
+
+void write_json(const std::filesystem::path& path, const RunSummary& s) {
+  std::ofstream file(path);
+  if (!file) throw std::runtime_error(path.string() + ": cannot open for writing");
+  file << "{\n";
+  file << "  \"backend\": " << json_string(s.backend) << ",\n";
+  file << "  \"device\": " << json_string(s.device) << ",\n";
+  file << "  \"config\": " << json_string(s.config_path) << ",\n";
+  file << "  \"config_shape\": " << json_string(s.config_shape) << ",\n";
+  file << "  \"trace\": " << json_string(s.trace) << ",\n";
+  file << "  \"layers\": " << s.layers << ",\n";
+  file << "  \"steps\": " << s.steps << ",\n";
+  file << "  \"idle_steps\": " << s.idle_steps << ",\n";
+  file << "  \"tokens\": " << s.tokens << ",\n";
+  file << "  \"seconds\": " << json_number(s.seconds) << ",\n";
+  file << "  \"check_every\": " << s.check_every << ",\n";
+  file << "  \"checks_passed\": " << s.checks_passed << ",\n";
+  file << "  \"stage_time_us\": " << json_percentiles(s.stage_us) << ",\n";
+  file << "  \"stage_timer\": " << json_string(s.stage_timer) << ",\n";
+  file << "  \"step_time_us\": " << json_percentiles(s.step_us) << ",\n";
+  if (s.memory) {
+    file << "  \"device_bytes\": " << s.memory->stage_bytes << ",\n";
+    file << "  \"allocations_after_warmup\": " << s.memory->allocations_in_loop << ",\n";
+    file << "  \"free_bytes_before\": " << s.memory->free_before << ",\n";
+    file << "  \"free_bytes_after\": " << s.memory->free_after << ",\n";
+  }
+  file << "  \"buckets\": [";
+  for (std::size_t i = 0; i < s.buckets.size(); ++i) {
+    const BucketRow& row = s.buckets[i];
+    file << (i == 0 ? "\n" : ",\n") << "    {\"tokens\": " << row.tokens
+         << ", \"steps\": " << row.steps;
+    if (row.stage_use) {
+      file << ", \"replays\": " << row.stage_use->replays
+           << ", \"eager_runs\": " << row.stage_use->eager_runs;
+    }
+    file << "}";
+  }
+  file << "\n  ]\n}\n";
+  if (!file) throw std::runtime_error(path.string() + ": write failed");
+}
+
+ProgressLine::ProgressLine() : enabled_(isatty(fileno(stderr)) == 1) {}
+
+void ProgressLine::update(int step, int steps, std::int64_t tokens, double seconds, int bucket) {
+  if (!enabled_) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (shown_ && now - last_ < std::chrono::milliseconds(100)) return;
+  last_ = now;
+  shown_ = true;
+  std::fprintf(stderr, "\rstep %d/%d  %.0f tokens/s  bucket %-6d", step, steps,
+               per_second(static_cast<double>(tokens), seconds), bucket);
+  std::fflush(stderr);
+}
+
+void ProgressLine::clear() {
+  if (!shown_) return;
+  std::fprintf(stderr, "\r%60s\r", "");
+  std::fflush(stderr);
+  shown_ = false;
+}
+
+}  // namespace serving_loop
