@@ -200,6 +200,9 @@ struct DispatchStage::Impl {
     out.expert_ids = b.expert_ids.get();
     out.num_tokens_post_pad = b.post_pad_and_counters.get();
     out.counters = reinterpret_cast<const DeviceCounters*>(b.post_pad_and_counters.get() + 1);
+    const std::int64_t numel = std::int64_t{num_tokens} * config.top_k;
+    out.sorted_token_ids_used = sorted_capacity(shape, numel);
+    out.expert_ids_used = expert_ids_capacity(shape, numel);
     out.sorted_token_ids_size = static_cast<std::int64_t>(b.sorted_token_ids.size());
     out.expert_ids_size = static_cast<std::int64_t>(b.expert_ids.size());
     out.num_tokens = num_tokens;
@@ -451,6 +454,12 @@ cudaGraphNode_t DispatchStage::add_to_graph_device_count(cudaGraph_t parent,
     throw ArgumentError(
         "DispatchStage::add_to_graph_device_count: parent, d_num_tokens (and deps "
         "when num_deps > 0) must be non-null");
+  }
+  // A misaligned count would only fault at the caller's replay, as a sticky error: reject it here.
+  if (reinterpret_cast<std::uintptr_t>(d_num_tokens) % alignof(std::int32_t) != 0) {
+    throw ArgumentError(
+        "DispatchStage::add_to_graph_device_count: d_num_tokens must be a 4-byte aligned device "
+        "pointer");
   }
   if (max_tokens < 0 || max_tokens > this->max_tokens()) {
     throw ArgumentError("DispatchStage::add_to_graph_device_count: max_tokens " +

@@ -34,15 +34,21 @@ cudaKernelNodeParams BucketGraph::retarget(const std::int32_t* d_num_tokens, int
   return p;  // the CUDA call that takes it copies the argument values
 }
 
-void BucketGraph::launch(int num_tokens, cudaStream_t stream) {
-  const cudaKernelNodeParams p = retarget(nullptr, num_tokens);
+void BucketGraph::bind(const std::int32_t* d_num_tokens, int num_tokens) {
+  if (d_num_tokens == bound_pointer_ && num_tokens == bound_count_) return;
+  const cudaKernelNodeParams p = retarget(d_num_tokens, num_tokens);
   MOE_DISPATCH_CUDA_CHECK(cudaGraphExecKernelNodeSetParams(exec_.get(), first_kernel_, &p));
+  bound_pointer_ = d_num_tokens;
+  bound_count_ = num_tokens;
+}
+
+void BucketGraph::launch(int num_tokens, cudaStream_t stream) {
+  bind(nullptr, num_tokens);
   MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec_.get(), stream));
 }
 
 void BucketGraph::launch_device_count(const std::int32_t* d_num_tokens, cudaStream_t stream) {
-  const cudaKernelNodeParams p = retarget(d_num_tokens, 0);
-  MOE_DISPATCH_CUDA_CHECK(cudaGraphExecKernelNodeSetParams(exec_.get(), first_kernel_, &p));
+  bind(d_num_tokens, 0);
   MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec_.get(), stream));
 }
 

@@ -36,6 +36,9 @@ class BucketGraph {
  private:
   // Node parameters of the first kernel retargeted to a count source; points into args_.
   cudaKernelNodeParams retarget(const std::int32_t* d_num_tokens, int num_tokens);
+  // Sets the executable graph's count source unless it already holds it (a steady decode loop
+  // repeats counts; the update is a host call on the serving path).
+  void bind(const std::int32_t* d_num_tokens, int num_tokens);
 
   Graph graph_;
   GraphExec exec_;
@@ -43,6 +46,9 @@ class BucketGraph {
   cudaKernelNodeParams first_params_{};  // function and launch shape of the first kernel
   kernels::AlignParams args_;
   void* arg_pointers_[1] = {nullptr};
+  // The count source the executable graph holds now.
+  const std::int32_t* bound_pointer_ = nullptr;
+  int bound_count_ = 0;
 };
 
 }  // namespace moe_dispatch::detail

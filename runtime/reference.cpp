@@ -29,6 +29,20 @@ void check_shape(const AlignShape& s, std::size_t numel) {
   }
 }
 
+// Every entry -1 or a local id in [0, E), local ids unique (`seen` is scratch).
+void check_map(const ExpertMap& map, int num_experts, std::vector<std::int32_t>& seen) {
+  seen.assign(static_cast<std::size_t>(num_experts), 0);
+  for (std::size_t g = 0; g < map.global_to_local.size(); ++g) {
+    const std::int32_t local = map.global_to_local[g];
+    if (local == -1) continue;
+    if (local < 0 || local >= num_experts || seen[static_cast<std::size_t>(local)]++ != 0) {
+      throw ArgumentError("align_reference: expert_map[" + std::to_string(g) +
+                          "] = " + std::to_string(local) + "; allowed: -1 or a local id in [0, " +
+                          std::to_string(num_experts) + ") used by no other expert");
+    }
+  }
+}
+
 }  // namespace
 
 void align_reference(std::span<const std::int32_t> topk_ids, const AlignShape& shape,
@@ -43,6 +57,7 @@ void align_reference(std::span<const std::int32_t> topk_ids, const AlignShape& s
                         std::to_string(expert_map->global_to_local.size()) +
                         " entries, expected num_experts = " + std::to_string(num_experts));
   }
+  if (expert_map != nullptr) check_map(*expert_map, num_experts, counts);
   const bool map_first = expert_map != nullptr && expert_map->mode == ExpertMapMode::kDrop;
   const auto numel = static_cast<std::int32_t>(topk_ids.size());
 

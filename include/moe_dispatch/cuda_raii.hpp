@@ -101,6 +101,13 @@ class DeviceBuffer {
     MOE_DISPATCH_CUDA_CHECK(cudaMalloc(&p, count * sizeof(T)));
     memory_ = UniqueHandle<DeviceMemoryTraits>(p);
   }
+  DeviceBuffer(DeviceBuffer&& other) noexcept
+      : memory_(std::move(other.memory_)), count_(std::exchange(other.count_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
+    memory_ = std::move(other.memory_);
+    count_ = std::exchange(other.count_, 0);
+    return *this;
+  }
   T* get() const noexcept { return static_cast<T*>(memory_.get()); }
   std::size_t size() const noexcept { return count_; }
   std::size_t bytes() const noexcept { return count_ * sizeof(T); }
@@ -121,8 +128,16 @@ class PinnedBuffer {
     MOE_DISPATCH_CUDA_CHECK(cudaMallocHost(&p, count * sizeof(T)));
     memory_ = UniqueHandle<PinnedMemoryTraits>(p);
   }
+  PinnedBuffer(PinnedBuffer&& other) noexcept
+      : memory_(std::move(other.memory_)), count_(std::exchange(other.count_, 0)) {}
+  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept {
+    memory_ = std::move(other.memory_);
+    count_ = std::exchange(other.count_, 0);
+    return *this;
+  }
   T* get() const noexcept { return static_cast<T*>(memory_.get()); }
   std::size_t size() const noexcept { return count_; }
+  std::size_t bytes() const noexcept { return count_ * sizeof(T); }
 
  private:
   UniqueHandle<PinnedMemoryTraits> memory_;

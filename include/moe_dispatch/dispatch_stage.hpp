@@ -50,21 +50,28 @@ struct DeviceCounters {
 };
 
 // Device pointers into the stage's buffers; valid until the next run (see contract above).
+// Entries past the `*_used` extents are not part of the result (and are not written by this run).
+// A GEMM reading whole tiles of sorted_token_ids stops at num_tokens_post_pad, which never exceeds
+// sorted_token_ids_used; expert_ids_used may cover one block more than sorted_token_ids_used / B.
 struct DispatchOutputs {
-  const std::int32_t* sorted_token_ids = nullptr;     // sorted_capacity(numel) entries used
-  const std::int32_t* expert_ids = nullptr;           // expert_ids_capacity(numel) entries used
+  const std::int32_t* sorted_token_ids = nullptr;
+  const std::int32_t* expert_ids = nullptr;
   const std::int32_t* num_tokens_post_pad = nullptr;  // [1]
   const DeviceCounters* counters = nullptr;           // [1]
-  std::int64_t sorted_token_ids_size = 0;             // entries of sorted_token_ids allocated
-  std::int64_t expert_ids_size = 0;                   // entries of expert_ids allocated
+  // Entries defined by this run: sorted_capacity(numel) and expert_ids_capacity(numel) for
+  // numel = num_tokens * top_k (run_device_count: for max_tokens, an upper bound).
+  std::int64_t sorted_token_ids_used = 0;
+  std::int64_t expert_ids_used = 0;
+  std::int64_t sorted_token_ids_size = 0;  // entries allocated (>= used)
+  std::int64_t expert_ids_size = 0;        // entries allocated (>= used)
   int num_tokens = 0;     // host-known count (run), or max_tokens (run_device_count)
-  int bucket = 0;         // token capacity of the graph replayed; 0 for an eager overflow run
+  int bucket = 0;         // token capacity of the graph used; 0 for an eager overflow run
   bool replayed = false;  // false for eager launches (overflow, or a bucket whose capture failed)
 };
 
 struct BucketStats {
   int tokens = 0;                // the bucket's token capacity
-  std::int64_t replays = 0;      // graph launches (host count and device count)
+  std::int64_t replays = 0;      // graph launches by run() and run_device_count() together
   std::int64_t captures = 0;     // graphs captured for this bucket
   std::int64_t child_nodes = 0;  // times added to a caller's graph
   std::int64_t eager_runs = 0;   // runs launched without a graph (capture failed)
@@ -103,7 +110,8 @@ class DispatchStage {
   // The smallest bucket >= num_tokens; 0 when num_tokens exceeds max_tokens().
   int bucket_for(int num_tokens) const;
 
-  // Aligns the first num_tokens rows of input_for(num_tokens) on `stream`.
+  // Aligns the first num_tokens rows of input_for(num_tokens) on `stream`. num_tokens = 0 is valid:
+  // it replays the smallest bucket, which writes the empty result (post pad 0, sentinels, -1s).
   DispatchOutputs run(int num_tokens, cudaStream_t stream);
 
   // Aligns the first *d_num_tokens rows of input(); the count is read on the device

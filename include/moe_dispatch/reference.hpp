@@ -28,7 +28,8 @@ struct HostAlignResult {
 // null. `out` is reused: its vectors are resized, so a caller that keeps one result allocates only
 // when the extent grows. `counts` is scratch of the same kind (resized to num_experts).
 // Throws ArgumentError if topk_ids.size() is not a multiple of top_k, if the shape is out of range,
-// or if numel exceeds kMaxNumel.
+// if numel exceeds kMaxNumel, or if expert_map has the wrong length or an entry that is neither -1
+// nor a unique local id in [0, num_experts).
 void align_reference(std::span<const std::int32_t> topk_ids, const AlignShape& shape,
                      const ExpertMap* expert_map, HostAlignResult& out,
                      std::vector<std::int32_t>& counts);
