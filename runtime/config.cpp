@@ -1,0 +1,219 @@
+// The rules a DispatchConfig must follow, written once: validate() checks configs built in code and
+// the YAML loader (config_yaml.cpp) runs the same function, mapping the key path each message names
+// back to the node it came from.
+#include <algorithm>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "moe_dispatch/config.hpp"
+#include "moe_dispatch/errors.hpp"
+
+namespace moe_dispatch {
+namespace {
+
+// Every message is "config: <key path>: <what is wrong>; allowed: <what is accepted>". The key path
+// names the field ("top_k", "expert_map.rank", "buckets[3]" for a list entry); it is also the YAML
+// key path, except that YAML spells expert_map.global_to_local as expert_map.experts. The loader
+// relies on this shape to point at the offending node.
+[[noreturn]] void fail(std::string_view key, std::string_view problem, std::string_view allowed) {
+  std::string message = "config: ";
+  message.append(key).append(": ").append(problem).append("; allowed: ").append(allowed);
+  throw ConfigError(message);
+}
+
+std::string entry_key(std::string_view key, std::size_t index) {
+  return std::string(key) + "[" + std::to_string(index) + "]";
+}
+
+std::string range_text(std::int64_t lo, std::int64_t hi) {
+  return std::to_string(lo) + ".." + std::to_string(hi);
+}
+
+void check_range(std::string_view key, std::int64_t value, std::int64_t lo, std::int64_t hi,
+                 std::string_view why = {}) {
+  if (value >= lo && value <= hi) return;
+  std::string allowed = range_text(lo, hi);
+  if (!why.empty()) allowed.append(" (").append(why).append(")");
+  fail(key, std::to_string(value) + " is out of range", allowed);
+}
+
+void check_num_experts(int num_experts) { check_range("num_experts", num_experts, 1, kMaxExperts); }
+
+void check_top_k(const DispatchConfig& cfg) {
+  const std::string why = "at most num_experts = " + std::to_string(cfg.num_experts) +
+                          " and at most " + std::to_string(kMaxTopK);
+  check_range("top_k", cfg.top_k, 1, std::min(kMaxTopK, cfg.num_experts), why);
+}
+
+void check_buckets(const std::vector<int>& buckets) {
+  constexpr std::string_view kAllowed =
+      "a non-empty list of ascending, unique, positive token counts";
+  if (buckets.empty()) fail("buckets", "the list is empty", kAllowed);
+  for (std::size_t i = 0; i < buckets.size(); ++i) {
+    if (buckets[i] <= 0) {
+      fail(entry_key("buckets", i), std::to_string(buckets[i]) + " is not positive", kAllowed);
+    }
+    if (i > 0 && buckets[i] <= buckets[i - 1]) {
+      fail(entry_key("buckets", i),
+           std::to_string(buckets[i]) + " does not exceed the bucket before it (" +
+               std::to_string(buckets[i - 1]) + ")",
+           kAllowed);
+    }
+  }
+}
+
+// The kernels index sorted_token_ids with 32-bit offsets bounded by kMaxNumel; the largest bucket
+// sets its capacity (DESIGN.md §1): numel + E*(B-1), rounded up to a multiple of B when padded.
+// The capacity is never below numel, so this bound covers numel as well.
+void check_capacity(const DispatchConfig& cfg) {
+  const std::int64_t experts = cfg.num_experts;
+  const std::int64_t block = cfg.block_size;
+  const std::int64_t top_k = cfg.top_k;
+  const std::int64_t largest = cfg.buckets.back();
+  const std::int64_t numel = largest * top_k;
+  std::int64_t capacity = numel + experts * (block - 1);
+  std::int64_t limit = kMaxNumel;
+  if (cfg.pad_sorted_ids) {
+    capacity = (capacity + block - 1) / block * block;
+    limit = kMaxNumel / block * block;
+  }
+  if (capacity <= kMaxNumel) return;
+  const std::int64_t max_bucket =
+      std::max<std::int64_t>(0, (limit - experts * (block - 1)) / top_k);
+  fail(entry_key("buckets", cfg.buckets.size() - 1),
+       "largest bucket " + std::to_string(largest) + " needs " + std::to_string(numel) +
+           " slots and a sorted_token_ids capacity of " + std::to_string(capacity) +
+           ", above the limit of " + std::to_string(kMaxNumel),
+       "a largest bucket of at most " + std::to_string(max_bucket) +
+           " for this num_experts, top_k, block_size and pad_sorted_ids");
+}
+
+void check_expert_map(const ExpertMap& map, int num_experts) {
+  constexpr std::string_view kKey = "expert_map.global_to_local";
+  const std::vector<std::int32_t>& local = map.global_to_local;
+  if (local.size() != static_cast<std::size_t>(num_experts)) {
+    fail(kKey, "has " + std::to_string(local.size()) + " entries",
+         "exactly num_experts = " + std::to_string(num_experts) + " entries");
+  }
+  const std::string allowed =
+      "-1 (expert on another rank) or a unique local id in " + range_text(0, num_experts - 1);
+  std::vector<int> owner(local.size(), -1);  // local id -> the global expert that claimed it
+  for (std::size_t global = 0; global < local.size(); ++global) {
+    const std::int32_t id = local[global];
+    if (id < -1 || id >= num_experts) {
+      fail(entry_key(kKey, global), std::to_string(id) + " is out of range", allowed);
+    }
+    if (id == -1) continue;
+    if (owner[id] != -1) {
+      fail(entry_key(kKey, global),
+           "local id " + std::to_string(id) + " is already used by global expert " +
+               std::to_string(owner[id]),
+           allowed);
+    }
+    owner[id] = static_cast<int>(global);
+  }
+}
+
+}  // namespace
+
+void validate(const DispatchConfig& cfg) {
+  check_num_experts(cfg.num_experts);
+  check_top_k(cfg);
+  check_range("block_size", cfg.block_size, 1, kMaxBlockSize);
+  check_buckets(cfg.buckets);
+  check_capacity(cfg);
+  if (cfg.expert_map) check_expert_map(*cfg.expert_map, cfg.num_experts);
+  if (cfg.device < 0) {
+    fail("device", std::to_string(cfg.device) + " is negative", "a CUDA device ordinal >= 0");
+  }
+}
+
+ExpertMap split_experts(int num_experts, int rank, int world_size, ExpertMapMode mode) {
+  check_num_experts(num_experts);
+  check_range("expert_map.world_size", world_size, 1, num_experts,
+              "every rank owns at least one of num_experts = " + std::to_string(num_experts));
+  check_range("expert_map.rank", rank, 0, world_size - 1,
+              "world_size = " + std::to_string(world_size));
+  const int base = num_experts / world_size;
+  const int extra = num_experts % world_size;
+  const int first = rank * base + std::min(rank, extra);
+  const int count = base + (rank < extra ? 1 : 0);
+  ExpertMap map;
+  map.mode = mode;
+  map.global_to_local.assign(static_cast<std::size_t>(num_experts), -1);
+  for (int local = 0; local < count; ++local) map.global_to_local[first + local] = local;
+  return map;
+}
+
+std::string_view to_string(ExpertMapMode mode) {
+  switch (mode) {
+    case ExpertMapMode::kDrop:
+      return "drop";
+    case ExpertMapMode::kMapAfter:
+      return "map_after";
+  }
+  return "?";
+}
+
+std::string_view to_string(OverflowPolicy policy) {
+  switch (policy) {
+    case OverflowPolicy::kError:
+      return "error";
+    case OverflowPolicy::kEager:
+      return "eager";
+  }
+  return "?";
+}
+
+std::string_view to_string(CaptureMode mode) {
+  switch (mode) {
+    case CaptureMode::kEager:
+      return "eager";
+    case CaptureMode::kLazy:
+      return "lazy";
+  }
+  return "?";
+}
+
+namespace {
+
+template <typename T>
+void write_flow_list(std::ostream& out, const std::vector<T>& values) {
+  out << '[';
+  for (std::size_t i = 0; i < values.size(); ++i) out << (i == 0 ? "" : ", ") << values[i];
+  out << ']';
+}
+
+}  // namespace
+
+// Keys follow the order of configs/default.yaml. The expert map is always written as its explicit
+// list (a rank/world_size split is resolved by then), which reads back to the same map.
+std::string to_yaml(const DispatchConfig& cfg) {
+  std::ostringstream out;
+  out << "num_experts: " << cfg.num_experts << '\n';
+  out << "top_k: " << cfg.top_k << '\n';
+  out << "block_size: " << cfg.block_size << '\n';
+  out << "buckets: ";
+  write_flow_list(out, cfg.buckets);
+  out << '\n';
+  out << "pad_sorted_ids: " << (cfg.pad_sorted_ids ? "true" : "false") << '\n';
+  out << "overflow: " << to_string(cfg.overflow) << '\n';
+  out << "capture: " << to_string(cfg.capture) << '\n';
+  out << "device: " << cfg.device << '\n';
+  out << "log: " << (cfg.log ? "true" : "false") << '\n';
+  if (cfg.expert_map) {
+    out << "expert_map:\n";
+    out << "  mode: " << to_string(cfg.expert_map->mode) << '\n';
+    out << "  experts: ";
+    write_flow_list(out, cfg.expert_map->global_to_local);
+    out << '\n';
+  } else {
+    out << "expert_map: null  # every expert is local\n";
+  }
+  return out.str();
+}
+
+}  // namespace moe_dispatch
