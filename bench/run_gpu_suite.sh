@@ -26,6 +26,7 @@ step() {  # name, command...: runs, logs, records the exit code
 cat "$out/machine.txt"
 step kernels_test "$bin/kernels_test"
 step stage_test "$bin/stage_test"
+step reliability_test "$bin/reliability_test"
 step serving_loop_gpu "$bin/serving_loop" --backend gpu --steps 2000 --check-every 10 --json "$out/serving_short.json"
 if [ "$mode" = full ]; then
   step sanitizers bash "$here/tests/run_sanitizers.sh" "$bin" "$out"

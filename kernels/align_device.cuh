@@ -147,8 +147,11 @@ __device__ __forceinline__ void warp_rows_to_prefix(std::uint16_t* rows, int num
 
 // Exclusive scan of the padded counts over experts, with kThreads threads each owning a run of
 // consecutive experts. Writes offsets[e] (shared) and returns num_tokens_post_pad in every thread.
+// Warp scans plus one combine: measured cheaper than CUB's default raking scan for these sizes.
 template <int kThreads>
-using ScanStorage = typename cub::BlockScan<int, kThreads>::TempStorage;
+using BlockScanInt = cub::BlockScan<int, kThreads, cub::BLOCK_SCAN_WARP_SCANS>;
+template <int kThreads>
+using ScanStorage = typename BlockScanInt<kThreads>::TempStorage;
 
 template <int kThreads>
 __device__ __forceinline__ int scan_padded_offsets(const int* counts, int* offsets, int num_experts,
@@ -160,7 +163,7 @@ __device__ __forceinline__ int scan_padded_offsets(const int* counts, int* offse
   for (int e = first; e < last; ++e) local += padded(counts[e], block);
   int run = 0;
   int total = 0;
-  cub::BlockScan<int, kThreads>(temp).ExclusiveSum(local, run, total);
+  BlockScanInt<kThreads>(temp).ExclusiveSum(local, run, total);
   for (int e = first; e < last; ++e) {
     offsets[e] = run;
     run += padded(counts[e], block);
@@ -197,20 +200,6 @@ __device__ __forceinline__ void write_expert_ids(const AlignParams& p, const int
   }
 }
 
-// Sentinel in each expert's padding, [offset + count, offset + padded(count)): a warp per expert,
-// spread over all warps of the grid.
-__device__ __forceinline__ void fill_segment_padding(const AlignParams& p, const int* offsets,
-                                                     const int* counts, int numel) {
-  const int lane = threadIdx.x % kWarp;
-  const int warps = static_cast<int>(blockDim.x / kWarp);
-  for (int e = static_cast<int>(blockIdx.x) * warps + static_cast<int>(threadIdx.x / kWarp);
-       e < p.num_experts; e += static_cast<int>(gridDim.x) * warps) {
-    const int begin = offsets[e] + counts[e];
-    const int end = offsets[e] + padded(counts[e], p.block_size);
-    for (int i = begin + lane; i < end; i += kWarp) p.sorted_token_ids[i] = numel;
-  }
-}
-
 // value into out[begin, end), spread over `threads` threads with 16-byte stores where aligned.
 __device__ __forceinline__ void fill_range(std::int32_t* out, int begin, int end,
                                            std::int32_t value, int thread, int threads) {
@@ -223,6 +212,24 @@ __device__ __forceinline__ void fill_range(std::int32_t* out, int begin, int end
   const int vec_count = (vec_end - vec_begin) / 4;
   for (int i = thread; i < vec_count; i += threads) vec[i] = v;
   for (int i = vec_end + thread; i < end; i += threads) out[i] = value;
+}
+
+// Sentinel in each expert's padding, [offset + count, offset + padded(count)): a group of lanes
+// per expert, sized to B (at most B / 8 entries per lane), groups spread over the grid. Measured on
+// decode steps at E = 256: a warp per expert serialized E / warps experts per warp (~0.8 us), a
+// thread per expert issued up to B scattered stores per thread (3x slower at E = 1024).
+__device__ __forceinline__ void fill_segment_padding(const AlignParams& p, const int* offsets,
+                                                     const int* counts, int numel) {
+  int group = 1;
+  while (group < kWarp && group * 8 < p.block_size) group *= 2;
+  const int member = static_cast<int>(threadIdx.x) % group;
+  const int groups = static_cast<int>(gridDim.x * blockDim.x) / group;
+  for (int e = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x) / group; e < p.num_experts;
+       e += groups) {
+    const int begin = offsets[e] + counts[e];
+    const int end = offsets[e] + padded(counts[e], p.block_size);
+    for (int i = begin + member; i < end; i += group) p.sorted_token_ids[i] = numel;
+  }
 }
 
 // The sentinel from post_pad to the end of the extent, spread over all threads of the grid.

@@ -10,9 +10,10 @@ AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size,
 }
 
 namespace {
-// Up to here the one-kernel variant is faster than the three-kernel one on the H100 (bench/
-// variant_bench, docs/BENCHMARKS.md): at 16384 slots with E = 128..256 the large variant wins.
-constexpr std::int64_t kSmallPreferredMaxNumel = 8192;
+// Up to here the one-kernel variant is as fast as or faster than the three-kernel one on the H100
+// (bench/variant_bench, docs/BENCHMARKS.md: at 4096 slots within 2% or ahead for E = 8..1024; at
+// 16384 slots the large variant is 2x faster).
+constexpr std::int64_t kSmallPreferredMaxNumel = 4096;
 }  // namespace
 
 AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size) {

@@ -81,8 +81,9 @@ struct SmallShape {
   int threads;
   int items;
 };
-constexpr SmallShape kSmallShapes[] = {
-    {128, 128, 1}, {512, 256, 2}, {2048, 512, 4}, {8192, 1024, 8}, {kSmallMaxNumel, 1024, 16}};
+constexpr SmallShape kSmallShapes[] = {{128, 128, 1},   {512, 256, 2},
+                                       {2048, 512, 4},  {4096, 1024, 4},
+                                       {8192, 1024, 8}, {kSmallMaxNumel, 1024, 16}};
 
 // Output entries per block of the grid (slots, padding and tail), so the stores spread over SMs.
 constexpr std::int64_t kEntriesPerBlock = 2048;
@@ -121,20 +122,13 @@ AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size) {
 
 cudaError_t launch_align_small(const AlignParams& params, const AlignPlan& plan,
                                cudaStream_t stream) {
-  switch (plan.items) {
-    case 1:
-      return launch_shape<128, 1>(params, plan, stream);
-    case 2:
-      return launch_shape<256, 2>(params, plan, stream);
-    case 4:
-      return launch_shape<512, 4>(params, plan, stream);
-    case 8:
-      return launch_shape<1024, 8>(params, plan, stream);
-    case 16:
-      return launch_shape<1024, 16>(params, plan, stream);
-    default:
-      return cudaErrorInvalidConfiguration;
-  }
+  if (plan.threads == 128 && plan.items == 1) return launch_shape<128, 1>(params, plan, stream);
+  if (plan.threads == 256 && plan.items == 2) return launch_shape<256, 2>(params, plan, stream);
+  if (plan.threads == 512 && plan.items == 4) return launch_shape<512, 4>(params, plan, stream);
+  if (plan.threads == 1024 && plan.items == 4) return launch_shape<1024, 4>(params, plan, stream);
+  if (plan.threads == 1024 && plan.items == 8) return launch_shape<1024, 8>(params, plan, stream);
+  if (plan.threads == 1024 && plan.items == 16) return launch_shape<1024, 16>(params, plan, stream);
+  return cudaErrorInvalidConfiguration;
 }
 
 }  // namespace moe_dispatch::kernels

@@ -221,7 +221,8 @@ struct DispatchStage::Impl {
     MOE_DISPATCH_CUDA_CHECK(kernels::launch_align(p, plan, stream));
   }
 
-  void ensure_overflow(int num_tokens) {
+  // Throws unless counts above the capacity may run eagerly (policy and input ownership).
+  void check_overflow_allowed(int num_tokens) const {
     if (config.overflow != OverflowPolicy::kEager) {
       throw ArgumentError("DispatchStage: " + count_text(num_tokens) +
                           " tokens exceed the capacity of " + count_text(config.max_tokens()) +
@@ -233,6 +234,11 @@ struct DispatchStage::Impl {
                           " tokens exceed the registered external input's capacity of " +
                           count_text(config.max_tokens()) + " tokens");
     }
+  }
+
+  // Grows the overflow buffers (and the overflow input) to num_tokens if they are smaller.
+  void ensure_overflow(int num_tokens) {
+    check_overflow_allowed(num_tokens);
     if (num_tokens <= overflow.max_tokens) return;
     kernels::AlignPlan plan;
     const std::size_t scratch = scratch_ints_for(num_tokens, &plan);
@@ -355,7 +361,9 @@ DispatchOutputs DispatchStage::run(int num_tokens, cudaStream_t stream) {
   const CallerCapture capture = caller_capture(stream);
   s.check_stream(stream, capture);
   if (num_tokens > max_tokens()) {
-    s.ensure_overflow(num_tokens);
+    // The routing of an overflow step lives in the overflow input, which input_for() grows: a
+    // larger count here means the caller never wrote its routing.
+    s.check_overflow_allowed(num_tokens);
     if (s.overflow.max_tokens < num_tokens) {
       throw ArgumentError("DispatchStage::run: call input_for(" + count_text(num_tokens) +
                           ") and write the routing there before running above the capacity");
@@ -481,6 +489,7 @@ cudaGraphNode_t DispatchStage::add_to_graph_device_count(cudaGraph_t parent,
 std::int32_t DispatchStage::read_num_tokens_post_pad(cudaStream_t stream) {
   Impl& s = *impl_;
   DeviceGuard guard(s.config.device);
+  s.check_stream(stream, caller_capture(stream));
   const AlignBuffers& b = s.last_was_overflow ? s.overflow : s.main;
   MOE_DISPATCH_CUDA_CHECK(cudaMemcpyAsync(s.host_readback.get(), b.post_pad_and_counters.get(),
                                           sizeof(std::int32_t), cudaMemcpyDeviceToHost, stream));
@@ -491,6 +500,7 @@ std::int32_t DispatchStage::read_num_tokens_post_pad(cudaStream_t stream) {
 DeviceCounters DispatchStage::read_counters(cudaStream_t stream) {
   Impl& s = *impl_;
   DeviceGuard guard(s.config.device);
+  s.check_stream(stream, caller_capture(stream));
   const AlignBuffers& b = s.last_was_overflow ? s.overflow : s.main;
   MOE_DISPATCH_CUDA_CHECK(
       cudaMemcpyAsync(s.host_readback.get() + 1, b.post_pad_and_counters.get() + 1,

@@ -27,9 +27,14 @@
 //   (CudaError::sticky()), the CUDA context and this stage are unusable; after any other, the
 //   stage stays usable. A failed capture falls back to eager launches for that bucket (logged
 //   once).
-// - Lifetime: the stage may be moved freely (its device state does not move). The destructor waits
-//   for the device to finish queued work before freeing buffers, so destroying a stage with runs
-//   in flight is safe; the caller must not read outputs of a destroyed stage.
+// - Lifetime: the stage may be moved freely (its device state does not move, so work already queued
+//   is unaffected); a moved-from stage may only be destroyed or assigned to. The destructor
+//   synchronizes the stage's device (cudaDeviceSynchronize: freeing device memory would wait for
+//   the device anyway) before freeing buffers, so destroying a stage with runs in flight is safe;
+//   it also waits for other work on that device, so destroy stages outside the serving path. The
+//   caller must not read outputs of a destroyed stage.
+// - Overflow (OverflowPolicy::kEager): write the routing of a step above max_tokens() through
+//   input_for(num_tokens), which grows the overflow input, before run(num_tokens).
 #pragma once
 
 #include <cuda_runtime_api.h>
