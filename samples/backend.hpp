@@ -36,8 +36,6 @@ struct BucketUse {
 struct DeviceMemory {
   std::int64_t stage_bytes = 0;          // device memory held by the stages, summed
   std::int64_t allocations_in_loop = 0;  // stats().device_allocations: end minus construction
-  std::size_t free_before = 0;           // cudaMemGetInfo free bytes after warm-up
-  std::size_t free_after = 0;            // ... and after the loop
 };
 
 class Backend {
@@ -54,6 +52,9 @@ class Backend {
   virtual std::vector<BucketUse> bucket_use() const = 0;
   // Device memory since start(); nullopt on the host.
   virtual std::optional<DeviceMemory> device_memory() const = 0;
+  // cudaMemGetInfo's free bytes of the device, now (device-wide: other processes count too);
+  // nullopt on the host.
+  virtual std::optional<std::int64_t> free_device_bytes() const = 0;
 };
 
 std::unique_ptr<Backend> make_host_backend(const moe_dispatch::DispatchConfig& config,

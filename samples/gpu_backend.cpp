@@ -151,15 +151,13 @@ class GpuBackend final : public Backend {
   }
 
   // Warm-up: one step of one token through every layer loads the sample's kernels and runs each
-  // stage once; the replay counts and free memory of the summary start after it.
+  // stage once; the replay counts of the summary start after it.
   void start() override {
     for (std::size_t layer = 0; layer < layers_.size(); ++layer) {
       enqueue_layer(layers_[layer], -1, static_cast<int>(layer), 1, false);
     }
     MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
     start_use_ = sum_bucket_use();
-    std::size_t total = 0;
-    MOE_DISPATCH_CUDA_CHECK(cudaMemGetInfo(&free_at_start_, &total));
   }
 
   StepResult step(int step, int num_tokens, bool check) override {
@@ -199,10 +197,14 @@ class GpuBackend final : public Backend {
     DeviceMemory memory;
     for (const Layer& layer : layers_) memory.stage_bytes += layer.stage.stats().device_bytes;
     memory.allocations_in_loop = sum_allocations() - allocations_at_construction_;
-    memory.free_before = free_at_start_;
-    std::size_t total = 0;
-    MOE_DISPATCH_CUDA_CHECK(cudaMemGetInfo(&memory.free_after, &total));
     return memory;
+  }
+
+  std::optional<std::int64_t> free_device_bytes() const override {
+    std::size_t free = 0;
+    std::size_t total = 0;
+    MOE_DISPATCH_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    return static_cast<std::int64_t>(free);
   }
 
  private:
@@ -314,7 +316,6 @@ class GpuBackend final : public Backend {
   // Baselines of the summary.
   std::int64_t allocations_at_construction_ = 0;
   std::vector<BucketUse> start_use_;  // after warm-up
-  std::size_t free_at_start_ = 0;     // after warm-up
 };
 
 }  // namespace

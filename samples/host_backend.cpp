@@ -83,6 +83,7 @@ class HostBackend final : public Backend {
 
   std::vector<BucketUse> bucket_use() const override { return {}; }
   std::optional<DeviceMemory> device_memory() const override { return std::nullopt; }
+  std::optional<std::int64_t> free_device_bytes() const override { return std::nullopt; }
 
  private:
   const moe_dispatch::ExpertMap* expert_map() const {

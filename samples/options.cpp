@@ -33,6 +33,8 @@ BackendChoice parse_backend(std::string_view text) {
 Options parse_options(int argc, char** argv) {
   constexpr int kMaxInt = std::numeric_limits<int>::max();
   Options options;
+  bool layers_given = false;
+  bool check_every_given = false;
   for (int i = 1; i < argc; ++i) {
     std::string_view name = argv[i];
     std::string_view value;
@@ -69,8 +71,10 @@ Options parse_options(int argc, char** argv) {
           parse_number<std::uint32_t>(name, next(), 0, std::numeric_limits<std::uint32_t>::max());
     } else if (name == "--layers") {
       options.layers = parse_number(name, next(), 1, 1024);
+      layers_given = true;
     } else if (name == "--check-every") {
       options.check_every = parse_number(name, next(), 0, kMaxInt);
+      check_every_given = true;
     } else if (name == "--trace") {
       options.trace = next();
     } else if (name == "--rate") {
@@ -81,9 +85,16 @@ Options parse_options(int argc, char** argv) {
       options.max_seqs = parse_number(name, next(), 1, kMaxInt);
     } else if (name == "--json") {
       options.json = next();
+    } else if (name == "--soak") {
+      flag();
+      options.soak = true;
     } else {
       throw UsageError("unknown option '" + std::string(argv[i]) + "'");
     }
+  }
+  if (options.soak) {  // explicit flags win, in whatever order they come
+    if (!layers_given) options.layers = kSoakLayers;
+    if (!check_every_given) options.check_every = kSoakCheckEvery;
   }
   return options;
 }

@@ -28,6 +28,11 @@ reference. Exit codes: 0 success, 1 check failure or runtime error, 2 bad config
   --token-budget N     generated trace: tokens per step (default min(2048, largest bucket))
   --max-seqs N         generated trace: sequences running at once (default 256)
   --json FILE          also write the summary as JSON
+  --soak               a long run that watches memory: defaults become --steps 1000000 on the GPU
+                       (100000 on the host), --layers 1, --check-every 1000, a status line at most
+                       once a second and a memory line every tenth of the run; fails (exit 1) when
+                       free device memory decreased at all, or host RSS grew by more than 1 MiB,
+                       between step 1000 and the end. Flags given explicitly win.
   --help               this text
 )";
 
@@ -46,6 +51,7 @@ struct Options {
   std::optional<int> token_budget;
   int max_seqs = 256;
   std::optional<std::filesystem::path> json;
+  bool soak = false;
   bool help = false;
 };
 
@@ -54,6 +60,10 @@ class UsageError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+// The defaults --soak changes (the steps depend on the backend: serving_loop.cpp).
+inline constexpr int kSoakLayers = 1;
+inline constexpr int kSoakCheckEvery = 1000;
 
 // Accepts "--name value" and "--name=value". Throws UsageError.
 Options parse_options(int argc, char** argv);

@@ -12,16 +12,19 @@ namespace {
 
 double per_second(double count, double seconds) { return seconds > 0.0 ? count / seconds : 0.0; }
 
-std::string bytes_text(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB"};
-  int unit = 0;
-  while (bytes >= 1024.0 && unit < 3) {
-    bytes /= 1024.0;
-    ++unit;
-  }
-  char text[32];
-  std::snprintf(text, sizeof text, unit == 0 ? "%.0f %s" : "%.2f %s", bytes, units[unit]);
-  return text;
+std::string baseline_label(const RunSummary& s) {
+  return s.memory_at_baseline.step == s.memory_at_warm_up.step
+             ? "after warm-up"
+             : "at step " + std::to_string(s.memory_at_baseline.step);
+}
+
+// "A / B (+D bytes)": one quantity at the baseline and at the end.
+std::string baseline_to_end(std::optional<std::int64_t> baseline, std::optional<std::int64_t> end) {
+  std::string text = bytes_text(baseline) + " / " + bytes_text(end);
+  if (!baseline || !end) return text;
+  char delta[40];
+  std::snprintf(delta, sizeof delta, " (%+lld bytes)", static_cast<long long>(*end - *baseline));
+  return text + delta;
 }
 
 std::string json_string(const std::string& text) {
@@ -52,16 +55,32 @@ std::string json_percentiles(const Percentiles& p) {
          ", \"max\": " + json_number(p.max) + "}";
 }
 
+std::string json_bytes(std::optional<std::int64_t> bytes) {
+  return bytes ? std::to_string(*bytes) : "null";
+}
+
+// {"warm_up": A, "baseline": B, "end": C} of one field of the memory samples.
+template <typename Field>
+std::string json_memory(const RunSummary& s, Field field) {
+  return "{\"warm_up\": " + json_bytes(field(s.memory_at_warm_up)) +
+         ", \"baseline\": " + json_bytes(field(s.memory_at_baseline)) +
+         ", \"end\": " + json_bytes(field(s.memory_at_end)) + "}";
+}
+
 }  // namespace
 
-Percentiles percentiles(std::vector<double> samples) {
-  if (samples.empty()) return {};
-  std::sort(samples.begin(), samples.end());
-  auto rank = [&](double p) {
-    const auto index = static_cast<std::size_t>(std::ceil(p * static_cast<double>(samples.size())));
-    return samples[std::clamp<std::size_t>(index, 1, samples.size()) - 1];
-  };
-  return Percentiles{rank(0.50), rank(0.99), samples.back()};
+std::string bytes_text(std::optional<std::int64_t> bytes) {
+  if (!bytes) return "n/a";
+  const char* units[] = {"B", "KiB", "MiB", "GiB"};
+  auto value = static_cast<double>(*bytes);
+  int unit = 0;
+  while (value >= 1024.0 && unit < 3) {
+    value /= 1024.0;
+    ++unit;
+  }
+  char text[32];
+  std::snprintf(text, sizeof text, unit == 0 ? "%.0f %s" : "%.2f %s", value, units[unit]);
+  return text;
 }
 
 void print_summary(std::FILE* out, const RunSummary& s) {
@@ -99,16 +118,33 @@ void print_summary(std::FILE* out, const RunSummary& s) {
   if (s.memory) {
     const DeviceMemory& m = *s.memory;
     std::fprintf(out, "  device bytes held   %lld (%s, %d stages)\n",
-                 static_cast<long long>(m.stage_bytes),
-                 bytes_text(static_cast<double>(m.stage_bytes)).c_str(), s.layers);
+                 static_cast<long long>(m.stage_bytes), bytes_text(m.stage_bytes).c_str(),
+                 s.layers);
     std::fprintf(out,
                  "  allocations         %lld after warm-up (stats().device_allocations since "
                  "construction)\n",
                  static_cast<long long>(m.allocations_in_loop));
-    std::fprintf(out, "  free device memory  %s before the loop, %s after (%+lld bytes)\n",
-                 bytes_text(static_cast<double>(m.free_before)).c_str(),
-                 bytes_text(static_cast<double>(m.free_after)).c_str(),
-                 static_cast<long long>(m.free_after) - static_cast<long long>(m.free_before));
+  }
+  // "at step 1000 / at end: A / B (+D bytes); after warm-up W" (the last part only when the
+  // baseline is not the warm-up itself).
+  const std::string label = baseline_label(s);
+  const bool warm_up_apart = s.memory_at_baseline.step != s.memory_at_warm_up.step;
+  auto print_memory = [&](const char* name, auto field) {
+    std::string text = label + " / at end: " +
+                       baseline_to_end(field(s.memory_at_baseline), field(s.memory_at_end));
+    if (warm_up_apart) text += "; after warm-up " + bytes_text(field(s.memory_at_warm_up));
+    std::fprintf(out, "  %-19s %s\n", name, text.c_str());
+  };
+  print_memory("host RSS", [](const MemorySample& m) { return m.host_rss_bytes; });
+  if (s.memory_at_end.free_device_bytes) {
+    print_memory("free device memory", [](const MemorySample& m) { return m.free_device_bytes; });
+  } else {
+    std::fprintf(out, "  free device memory  n/a (host backend)\n");
+  }
+  if (s.soak) {
+    std::fprintf(out, "  soak                %s: %s\n", s.soak->passed ? "passed" : "FAILED",
+                 s.soak->detail.c_str());
+    std::fprintf(out, "                      (rule: %s)\n", s.soak->rule.c_str());
   }
 
   const bool stage_use = !s.buckets.empty() && s.buckets.front().stage_use.has_value();
@@ -152,8 +188,22 @@ void write_json(const std::filesystem::path& path, const RunSummary& s) {
   if (s.memory) {
     file << "  \"device_bytes\": " << s.memory->stage_bytes << ",\n";
     file << "  \"allocations_after_warmup\": " << s.memory->allocations_in_loop << ",\n";
-    file << "  \"free_bytes_before\": " << s.memory->free_before << ",\n";
-    file << "  \"free_bytes_after\": " << s.memory->free_after << ",\n";
+    file << "  \"free_bytes_before\": " << json_bytes(s.memory_at_warm_up.free_device_bytes)
+         << ",\n";
+    file << "  \"free_bytes_after\": " << json_bytes(s.memory_at_end.free_device_bytes) << ",\n";
+  }
+  file << "  \"memory_baseline_step\": " << s.memory_at_baseline.step << ",\n";
+  file << "  \"host_rss_bytes\": "
+       << json_memory(s, [](const MemorySample& m) { return m.host_rss_bytes; }) << ",\n";
+  file << "  \"free_device_bytes\": "
+       << (s.memory_at_end.free_device_bytes
+               ? json_memory(s, [](const MemorySample& m) { return m.free_device_bytes; })
+               : "null")
+       << ",\n";
+  if (s.soak) {
+    file << "  \"soak\": {\"passed\": " << (s.soak->passed ? "true" : "false")
+         << ", \"rule\": " << json_string(s.soak->rule)
+         << ", \"detail\": " << json_string(s.soak->detail) << "},\n";
   }
   file << "  \"buckets\": [";
   for (std::size_t i = 0; i < s.buckets.size(); ++i) {
@@ -170,12 +220,13 @@ void write_json(const std::filesystem::path& path, const RunSummary& s) {
   if (!file) throw std::runtime_error(path.string() + ": write failed");
 }
 
-ProgressLine::ProgressLine() : enabled_(isatty(fileno(stderr)) == 1) {}
+ProgressLine::ProgressLine(std::chrono::milliseconds interval)
+    : interval_(interval), enabled_(isatty(fileno(stderr)) == 1) {}
 
 void ProgressLine::update(int step, int steps, std::int64_t tokens, double seconds, int bucket) {
   if (!enabled_) return;
   const auto now = std::chrono::steady_clock::now();
-  if (shown_ && now - last_ < std::chrono::milliseconds(100)) return;
+  if (shown_ && now - last_ < interval_) return;
   last_ = now;
   shown_ = true;
   std::fprintf(stderr, "\rstep %d/%d  %.0f tokens/s  bucket %-6d", step, steps,

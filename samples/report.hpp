@@ -11,17 +11,23 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "latency_histogram.hpp"
 
 namespace serving_loop {
 
-struct Percentiles {
-  double p50 = 0.0;
-  double p99 = 0.0;
-  double max = 0.0;
+// The process's memory at one point of the run.
+struct MemorySample {
+  int step = 0;                                   // steps run before the sample
+  std::optional<std::int64_t> host_rss_bytes;     // resident set size; nullopt if unreadable
+  std::optional<std::int64_t> free_device_bytes;  // cudaMemGetInfo; nullopt on the host backend
 };
 
-// Nearest-rank percentiles; all zero for no samples.
-Percentiles percentiles(std::vector<double> samples);
+// The soak's verdict on the memory between the baseline sample and the end (serving_loop.cpp).
+struct SoakVerdict {
+  bool passed = false;
+  std::string rule;    // what was required
+  std::string detail;  // what was found
+};
 
 struct BucketRow {
   int tokens = 0;
@@ -47,21 +53,30 @@ struct RunSummary {
   Percentiles step_us;
   std::vector<BucketRow> buckets;
   std::optional<DeviceMemory> memory;  // GPU only
+  // Memory after warm-up, at the baseline (step 1000, or after warm-up for shorter runs) and at
+  // the end: flat from the baseline on is what a soak requires.
+  MemorySample memory_at_warm_up;
+  MemorySample memory_at_baseline;
+  MemorySample memory_at_end;
+  std::optional<SoakVerdict> soak;  // only with --soak
 };
 
 void print_summary(std::FILE* out, const RunSummary& summary);
 // Throws std::runtime_error when the file cannot be written.
 void write_json(const std::filesystem::path& path, const RunSummary& summary);
+// "12.34 MiB", or "n/a" for nullopt.
+std::string bytes_text(std::optional<std::int64_t> bytes);
 
 // A live status line on stderr while the loop runs, only when stderr is a terminal: rewritten in
-// place with '\r' at most ten times a second.
+// place with '\r' at most once per `interval`.
 class ProgressLine {
  public:
-  ProgressLine();
+  explicit ProgressLine(std::chrono::milliseconds interval);
   void update(int step, int steps, std::int64_t tokens, double seconds, int bucket);
   void clear();
 
  private:
+  std::chrono::milliseconds interval_;
   bool enabled_ = false;
   bool shown_ = false;
   std::chrono::steady_clock::time_point last_{};
