@@ -19,12 +19,12 @@ namespace moe_dispatch::kernels {
 namespace {
 
 constexpr int kLargeThreads = 256;
-// Slots per thread: 2 while that keeps the grid at most 128 blocks (more blocks share the work of
+// Slots per thread: 2 while that keeps the grid at most 512 blocks (more blocks share the work of
 // mid-size steps: measured 16384 slots on 8 blocks of 8 items per thread ~2x slower than on 32),
 // 8 above (bounding the grid, the per-block histograms and the prefix rows for huge steps).
 constexpr int kFewItems = 2;
 constexpr int kManyItems = 8;
-constexpr std::int64_t kFewItemsMaxNumel = std::int64_t{128} * kLargeThreads * kFewItems;
+constexpr std::int64_t kFewItemsMaxNumel = std::int64_t{512} * kLargeThreads * kFewItems;
 constexpr int kLargeWarps = kLargeThreads / kWarp;
 constexpr int kPrefixThreads = 256;
 constexpr int kPrefixBatch = 8;  // 32-block chunks of a row loaded before scanning them

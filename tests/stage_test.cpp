@@ -331,6 +331,9 @@ TEST_CASE("bad arguments are rejected with a message and nothing is enqueued") {
 
 TEST_CASE("an engine-registered input buffer is read in place") {
   md::DeviceBuffer<std::int32_t> engine_input(256 * 2);
+  // The stage reads input rows up to the bucket's capacity (ignoring rows past the count), so an
+  // engine's buffer starts written, as the stage's own does.
+  MOE_DISPATCH_CUDA_CHECK(cudaMemset(engine_input.get(), 0xFF, engine_input.bytes()));
   md::DispatchStage stage(small_config(), engine_input.get());
   CHECK(stage.input() == engine_input.get());
   std::mt19937 rng(8);
