@@ -10,6 +10,7 @@
 #include "moe_dispatch/cuda_raii.hpp"
 #include "moe_dispatch/errors.hpp"
 #include "runtime/graph_cache.hpp"
+#include "runtime/stage_testing.hpp"
 
 namespace moe_dispatch {
 namespace {
@@ -81,6 +82,7 @@ struct DispatchStage::Impl {
   std::int64_t overflow_runs = 0;
   std::int64_t overflow_growths = 0;
   bool last_was_overflow = false;
+  int injected_capture_failure = 0;  // bucket whose next capture fails (StageTesting)
 
   void log(const std::string& line) const {
     if (config.log) std::fprintf(stderr, "moe_dispatch: %s\n", line.c_str());
@@ -160,6 +162,11 @@ struct DispatchStage::Impl {
   detail::BucketGraph* graphs_of(Bucket& bucket) {
     if (bucket.graphs || bucket.capture_failed) return bucket.graphs ? &*bucket.graphs : nullptr;
     try {
+      if (bucket.tokens == injected_capture_failure) {
+        injected_capture_failure = 0;
+        throw CudaError(cudaErrorStreamCaptureInvalidated, "graph capture (injected by a test)",
+                        __FILE__, __LINE__);
+      }
       bucket.graphs.emplace(params_for(main, main_input(), bucket.tokens), bucket.plan,
                             capture_stream.get());
       ++bucket.stats.captures;
@@ -521,5 +528,13 @@ StageStats DispatchStage::stats() const {
   out.overflow_growths = s.overflow_growths;
   return out;
 }
+
+namespace detail {
+
+void StageTesting::fail_capture_of(DispatchStage& stage, int bucket_tokens) {
+  stage.impl_->injected_capture_failure = bucket_tokens;
+}
+
+}  // namespace detail
 
 }  // namespace moe_dispatch

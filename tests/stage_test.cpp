@@ -16,6 +16,7 @@
 #include "moe_dispatch/dispatch_stage.hpp"
 #include "moe_dispatch/errors.hpp"
 #include "moe_dispatch/reference.hpp"
+#include "runtime/stage_testing.hpp"
 #include "support/device_check.hpp"
 #include "support/device_routing.hpp"
 #include "support/gpu.hpp"
@@ -412,4 +413,25 @@ TEST_CASE("a moved stage keeps working and a destroyed stage waits for queued wo
   }  // destroyed with up to 1000 runs queued: the destructor waits, nothing faults
   MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
   MOE_DISPATCH_CUDA_CHECK(cudaGetLastError());
+}
+
+TEST_CASE("a bucket whose capture fails falls back to eager launches and stays exact") {
+  md::DispatchConfig cfg = small_config();
+  cfg.capture = md::CaptureMode::kLazy;
+  md::DispatchStage stage(cfg);
+  md::detail::StageTesting::fail_capture_of(stage, 64);
+  const md::Stream stream = md::make_stream();
+  std::mt19937 rng(12);
+  for (const int n : {40, 64, 200, 33}) {  // buckets 64, 64, 256 and 64
+    INFO("tokens=" << n);
+    const std::string diff = run_and_compare(
+        stage, md::test::make_routing(Routing::kWithInvalid, n, 2, 64, rng), stream.get());
+    CHECK_MESSAGE(diff.empty(), diff);
+  }
+  const md::StageStats stats = stage.stats();
+  CHECK_FALSE(stats.buckets[2].captured);
+  CHECK(stats.buckets[2].captures == 0);
+  CHECK(stats.buckets[2].eager_runs == 6);  // three counts in bucket 64, two runs each
+  CHECK(stats.buckets[2].replays == 0);
+  CHECK(stats.buckets[3].captured);  // 200 tokens: bucket 256 (of 1, 8, 64, 256) is unaffected
 }

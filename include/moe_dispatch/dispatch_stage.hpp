@@ -47,6 +47,10 @@
 
 namespace moe_dispatch {
 
+namespace detail {
+struct StageTesting;  // fault injection for the test suites (runtime/stage_testing.hpp)
+}  // namespace detail
+
 // Written by every run, on the device.
 struct DeviceCounters {
   std::int32_t invalid_ids;    // slots whose id was outside [0, num_experts): skipped
@@ -146,6 +150,7 @@ class DispatchStage {
   StageStats stats() const;
 
  private:
+  friend struct detail::StageTesting;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
