@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, in one batch: gpu tests, sanitizers, benchmarks and the sample.
-# Usage: bench/run_gpu_suite.sh BIN_DIR OUT_DIR [quick]
+# Usage: bench/run_gpu_suite.sh BIN_DIR OUT_DIR [quick]   (every step is limited to 300 s)
 # Writes logs, JSON and markdown under OUT_DIR; prints the tables last.
 set -u
 bin=${1:?usage: run_gpu_suite.sh BIN_DIR OUT_DIR [quick]}
@@ -13,7 +13,7 @@ status=0
 step() {  # name, command...: runs, logs, records the exit code
   local name=$1; shift
   local t0=$SECONDS
-  "$@" >"$out/$name.log" 2>&1
+  timeout "${STEP_TIMEOUT:-300}" "$@" >"$out/$name.log" 2>&1
   local rc=$?
   printf '%-28s rc=%-3s %4ss\n' "$name" "$rc" "$((SECONDS - t0))" | tee -a "$out/summary.txt"
   [ $rc -ne 0 ] && status=1
@@ -27,6 +27,7 @@ cat "$out/machine.txt"
 step kernels_test "$bin/kernels_test"
 step stage_test "$bin/stage_test"
 step reliability_test "$bin/reliability_test"
+[ -x "$bin/expert_parallel_test" ] && STEP_TIMEOUT=120 step expert_parallel_test "$bin/expert_parallel_test"
 step serving_loop_gpu "$bin/serving_loop" --backend gpu --steps 2000 --check-every 10 --json "$out/serving_short.json"
 if [ "$mode" = full ]; then
   step sanitizers bash "$here/tests/run_sanitizers.sh" "$bin" "$out"
@@ -35,6 +36,7 @@ if [ "$mode" = full ]; then
   step bench_stage_default "$bin/dispatch_bench" stage "$here/configs/default.yaml" --json "$out/bench_stage_default.json" --md "$out/bench_stage_default.md"
   step bench_stage_deepseek "$bin/dispatch_bench" stage "$here/configs/deepseek-v3.yaml" --json "$out/bench_stage_deepseek.json" --md "$out/bench_stage_deepseek.md"
   step serving_loop_20k "$bin/serving_loop" --backend gpu --steps 20000 --check-every 100 --json "$out/serving_20k.json"
+  step soak_1m "$bin/serving_loop" --backend gpu --soak --json "$out/soak.json"
 fi
 echo; cat "$out/summary.txt"
 exit $status

@@ -94,8 +94,8 @@ struct EpPackParams {
   std::int32_t* send_counts = nullptr;   // [world_size] out
   std::int32_t* send_offsets = nullptr;  // [world_size + 1] out
   std::int32_t* send_tokens = nullptr;   // [capacity * world_size] out: token at each position
-  std::int32_t* pair_slot = nullptr;     // [capacity * world_size] out: row of pair t*W+r in chunk r
-  std::size_t row_bytes = 0;             // multiple of 16
+  std::int32_t* pair_slot = nullptr;  // [capacity * world_size] out: row of pair t*W+r in chunk r
+  std::size_t row_bytes = 0;          // multiple of 16
   int capacity = 0;
   int top_k = 0;
   int world_size = 0;
@@ -117,11 +117,11 @@ struct EpUnpackParams {
 };
 
 struct EpReduceParams {
-  const void* expert_out = nullptr;          // [rows * top_k, hidden_size]: slot i = row*top_k+k
-  const std::int32_t* topk_ids = nullptr;    // [rows, top_k] received global ids
-  const float* topk_weights = nullptr;       // [rows, top_k]
-  const std::int32_t* local_map = nullptr;   // [num_experts] global -> local id, or -1
-  const std::int32_t* row_origin = nullptr;  // [rows] from unpack
+  const void* expert_out = nullptr;            // [rows * top_k, hidden_size]: slot i = row*top_k+k
+  const std::int32_t* topk_ids = nullptr;      // [rows, top_k] received global ids
+  const float* topk_weights = nullptr;         // [rows, top_k]
+  const std::int32_t* local_map = nullptr;     // [num_experts] global -> local id, or -1
+  const std::int32_t* row_origin = nullptr;    // [rows] from unpack
   const std::int32_t* num_received = nullptr;  // [1] rows, from unpack
   unsigned char* send = nullptr;               // world_size chunks of chunk_bytes
   std::size_t chunk_bytes = 0;
@@ -134,7 +134,7 @@ struct EpReduceParams {
 };
 
 struct EpGatherParams {
-  const unsigned char* recv = nullptr;       // world_size chunks of chunk_bytes
+  const unsigned char* recv = nullptr;  // world_size chunks of chunk_bytes
   std::size_t chunk_bytes = 0;
   const std::int32_t* rank_pairs = nullptr;  // from route
   const std::int32_t* pair_slot = nullptr;   // from pack

@@ -11,21 +11,31 @@
 #include "moe_dispatch/align_async.hpp"
 
 // Checks an ncclResult_t-returning expression; throws moe_dispatch::NcclError naming the call.
-#define MOE_DISPATCH_NCCL_CHECK(expr)                                                 \
-  do {                                                                                \
-    const ncclResult_t moe_dispatch_nccl_status_ = (expr);                            \
-    if (moe_dispatch_nccl_status_ != ncclSuccess) {                                   \
+#define MOE_DISPATCH_NCCL_CHECK(expr)                                                        \
+  do {                                                                                       \
+    const ncclResult_t moe_dispatch_nccl_status_ = (expr);                                   \
+    if (moe_dispatch_nccl_status_ != ncclSuccess) {                                          \
       throw ::moe_dispatch::NcclError(moe_dispatch_nccl_status_, #expr, __FILE__, __LINE__); \
-    }                                                                                 \
+    }                                                                                        \
   } while (false)
 
 namespace moe_dispatch {
 
 static_assert(kernels::kEpMaxTopK == kMaxTopK, "the reduce kernel stages top_k weights");
 
+namespace {
+
+// NCCL's text for the last error of this thread ("" when it has none).
+std::string last_nccl_error() {
+  const char* text = ncclGetLastError(nullptr);
+  return text != nullptr ? text : "";
+}
+
+}  // namespace
+
 NcclError::NcclError(ncclResult_t code, const char* call, const char* file, int line)
     : Error(std::string(file) + ":" + std::to_string(line) + ": " + call +
-            " failed: " + ncclGetErrorString(code) + " (" + ncclGetLastError(nullptr) + ")"),
+            " failed: " + ncclGetErrorString(code) + " (" + last_nccl_error() + ")"),
       code_(code) {}
 
 namespace {
@@ -153,7 +163,8 @@ void validate(const ExpertParallelConfig& cfg) {
     }
     for (std::size_t e = 0; e < owner.size(); ++e) {
       if (owner[e] < 0 || owner[e] >= cfg.world_size) {
-        fail("placement.owner[" + std::to_string(e) + "]", count_text(owner[e]) + " is out of range",
+        fail("placement.owner[" + std::to_string(e) + "]",
+             count_text(owner[e]) + " is out of range",
              "a rank in 0.." + count_text(cfg.world_size - 1));
       }
     }
@@ -464,8 +475,8 @@ struct ExpertParallelDispatch::Impl {
       cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
       const cudaGraphNode_t* frontier = nullptr;
       std::size_t frontier_size = 0;
-      MOE_DISPATCH_CUDA_CHECK(
-          cudaStreamGetCaptureInfo(s, &status, nullptr, nullptr, &frontier, nullptr, &frontier_size));
+      MOE_DISPATCH_CUDA_CHECK(cudaStreamGetCaptureInfo(s, &status, nullptr, nullptr, &frontier,
+                                                       nullptr, &frontier_size));
       if (status != cudaStreamCaptureStatusActive || frontier_size != 1) {
         throw Error("ExpertParallelDispatch: capture of bucket " + count_text(cap) +
                     ": expected the route kernel as the only node after its launch, found " +
@@ -496,7 +507,8 @@ struct ExpertParallelDispatch::Impl {
     cudaKernelNodeParams p = b.route_node_params;
     p.kernelParams = arg_pointers;
     p.extra = nullptr;
-    MOE_DISPATCH_CUDA_CHECK(cudaGraphExecKernelNodeSetParams(b.dispatch_exec.get(), b.route_node, &p));
+    MOE_DISPATCH_CUDA_CHECK(
+        cudaGraphExecKernelNodeSetParams(b.dispatch_exec.get(), b.route_node, &p));
     b.bound_count = num_tokens;
   }
 
@@ -512,19 +524,18 @@ struct ExpertParallelDispatch::Impl {
     int device = -1;
     MOE_DISPATCH_CUDA_CHECK(cudaStreamGetDevice(stream, &device));
     if (device != config.stage.device) {
-      throw ArgumentError("ExpertParallelDispatch: stream belongs to device " +
-                          count_text(device) + ", the object lives on device " +
-                          count_text(config.stage.device));
+      throw ArgumentError("ExpertParallelDispatch: stream belongs to device " + count_text(device) +
+                          ", the object lives on device " + count_text(config.stage.device));
     }
   }
 
   void check_counts(const char* what, int num_tokens, int step_max_tokens) const {
     if (num_tokens < 0 || num_tokens > step_max_tokens || step_max_tokens > max_tokens) {
-      throw ArgumentError(std::string("ExpertParallelDispatch::") + what + ": num_tokens " +
-                          count_text(num_tokens) + " and step_max_tokens " +
-                          count_text(step_max_tokens) +
-                          " must satisfy 0 <= num_tokens <= step_max_tokens <= " +
-                          count_text(max_tokens) + " (largest bucket)");
+      throw ArgumentError(
+          std::string("ExpertParallelDispatch::") + what + ": num_tokens " +
+          count_text(num_tokens) + " and step_max_tokens " + count_text(step_max_tokens) +
+          " must satisfy 0 <= num_tokens <= step_max_tokens <= " + count_text(max_tokens) +
+          " (largest bucket)");
     }
   }
 
@@ -542,12 +553,14 @@ struct ExpertParallelDispatch::Impl {
     rank_pairs = DeviceBuffer<std::int32_t>(rows * w);
     const AlignShape shape = rank_shape(world);
     const std::int64_t pairs = std::int64_t{max_tokens} * world;
-    pair_sorted = DeviceBuffer<std::int32_t>(static_cast<std::size_t>(sorted_capacity(shape, pairs)));
+    pair_sorted =
+        DeviceBuffer<std::int32_t>(static_cast<std::size_t>(sorted_capacity(shape, pairs)));
     pair_ranks =
         DeviceBuffer<std::int32_t>(static_cast<std::size_t>(expert_ids_capacity(shape, pairs)));
     pair_post_pad_and_counters = DeviceBuffer<std::int32_t>(4);
     std::size_t scratch = 0;
-    for (const int b : cfg.stage.buckets) scratch = std::max(scratch, align_scratch_bytes(shape, b));
+    for (const int b : cfg.stage.buckets)
+      scratch = std::max(scratch, align_scratch_bytes(shape, b));
     pair_scratch = DeviceBuffer<unsigned char>(scratch);
     send_counts = DeviceBuffer<std::int32_t>(w);
     send_offsets = DeviceBuffer<std::int32_t>(w + 1);
@@ -571,7 +584,8 @@ struct ExpertParallelDispatch::Impl {
   // before the count arrives, the warm-up exchange sends whole chunks, and -1 ids mean "no expert".
   void initialize() {
     auto clear = [](auto& buffer, int byte) {
-      if (buffer.size() > 0) MOE_DISPATCH_CUDA_CHECK(cudaMemset(buffer.get(), byte, buffer.bytes()));
+      if (buffer.size() > 0)
+        MOE_DISPATCH_CUDA_CHECK(cudaMemset(buffer.get(), byte, buffer.bytes()));
     };
     clear(in_hidden, 0);
     clear(in_ids, 0xFF);
@@ -597,11 +611,14 @@ struct ExpertParallelDispatch::Impl {
     clear(combine_send, 0);
     clear(combine_recv, 0);
     clear(output, 0);
-    MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(owner.get(), placement.owner.data(), owner.bytes(),
-                                       cudaMemcpyHostToDevice));
+    MOE_DISPATCH_CUDA_CHECK(
+        cudaMemcpy(owner.get(), placement.owner.data(), owner.bytes(), cudaMemcpyHostToDevice));
     const ExpertMap map = local_expert_map(placement, config.rank);
     MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(local_map.get(), map.global_to_local.data(),
                                        local_map.bytes(), cudaMemcpyHostToDevice));
+    // These ran on the legacy default stream, which the non-blocking streams of later work do
+    // not wait for.
+    MOE_DISPATCH_CUDA_CHECK(cudaDeviceSynchronize());
   }
 
   // The communicator must be rank config.rank of config.world_size ranks, on config's device.

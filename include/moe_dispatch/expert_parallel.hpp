@@ -130,8 +130,8 @@ struct EpDispatchOutputs {
   const std::int32_t* topk_ids = nullptr;      // [rows, top_k] global expert ids
   const float* topk_weights = nullptr;         // [rows, top_k]
   const std::int32_t* num_received = nullptr;  // [1] rows received (device)
-  int max_received = 0;  // world_size * bucket: the capacity of the row buffers for this bucket
-  int bucket = 0;        // tokens per rank of the bucket used
+  int max_received = 0;   // world_size * bucket: the capacity of the row buffers for this bucket
+  int bucket = 0;         // tokens per rank of the bucket used
   bool replayed = false;  // true when a captured graph ran, false for eager phases
 };
 
