@@ -20,6 +20,7 @@
 #include "support/device_check.hpp"
 #include "support/device_routing.hpp"
 #include "support/gpu.hpp"
+#include "support/stage_check.hpp"
 
 extern const bool kNeedsGpu;
 const bool kNeedsGpu = true;
@@ -46,41 +47,9 @@ md::DispatchConfig small_config() {
   return c;
 }
 
-void poison(const md::DispatchOutputs& out, cudaStream_t stream) {
-  MOE_DISPATCH_CUDA_CHECK(cudaMemsetAsync(const_cast<std::int32_t*>(out.sorted_token_ids),
-                                          md::test::kPoisonByte, out.sorted_token_ids_size * 4,
-                                          stream));
-  MOE_DISPATCH_CUDA_CHECK(cudaMemsetAsync(const_cast<std::int32_t*>(out.expert_ids),
-                                          md::test::kPoisonByte, out.expert_ids_size * 4, stream));
-  MOE_DISPATCH_CUDA_CHECK(cudaMemsetAsync(const_cast<std::int32_t*>(out.num_tokens_post_pad),
-                                          md::test::kPoisonByte, 16, stream));
-}
-
-md::test::DeviceResult fetch(const md::DispatchOutputs& out) {
-  return md::test::copy_back(out.sorted_token_ids,
-                             static_cast<std::size_t>(out.sorted_token_ids_size), out.expert_ids,
-                             static_cast<std::size_t>(out.expert_ids_size), out.num_tokens_post_pad,
-                             reinterpret_cast<const std::int32_t*>(out.counters));
-}
-
-// Writes `ids` to the stage's input, poisons the outputs, runs, and compares with the reference.
-std::string run_and_compare(md::DispatchStage& stage, const std::vector<std::int32_t>& ids,
-                            cudaStream_t stream) {
-  const md::DispatchConfig& cfg = stage.config();
-  const int tokens = static_cast<int>(ids.size()) / cfg.top_k;
-  std::int32_t* input = stage.input_for(tokens);
-  if (!ids.empty()) {
-    MOE_DISPATCH_CUDA_CHECK(
-        cudaMemcpyAsync(input, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, stream));
-  }
-  // The first run tells where the outputs live; poison them, then run again.
-  const md::DispatchOutputs probe = stage.run(tokens, stream);
-  poison(probe, stream);
-  const md::DispatchOutputs out = stage.run(tokens, stream);
-  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
-  const md::ExpertMap* map = cfg.expert_map ? &*cfg.expert_map : nullptr;
-  return md::test::compare(md::align_reference(ids, md::shape_of(cfg), map), fetch(out), tokens);
-}
+using md::test::fetch;
+using md::test::poison;
+using md::test::run_and_compare;
 
 }  // namespace
 

@@ -71,12 +71,23 @@ struct GraphExecTraits {
   using Handle = cudaGraphExec_t;
   static void destroy(Handle h) noexcept { cudaGraphExecDestroy(h); }
 };
+// Memory kinds for Buffer: how to allocate (the call text names it in a CudaError) and free.
 struct DeviceMemoryTraits {
   using Handle = void*;
+  static void* allocate(std::size_t bytes) {
+    void* p = nullptr;
+    MOE_DISPATCH_CUDA_CHECK(cudaMalloc(&p, bytes));
+    return p;
+  }
   static void destroy(Handle h) noexcept { cudaFree(h); }
 };
 struct PinnedMemoryTraits {
   using Handle = void*;
+  static void* allocate(std::size_t bytes) {
+    void* p = nullptr;
+    MOE_DISPATCH_CUDA_CHECK(cudaMallocHost(&p, bytes));
+    return p;
+  }
   static void destroy(Handle h) noexcept { cudaFreeHost(h); }
 };
 
@@ -90,20 +101,19 @@ Stream make_stream();
 // An event without timing (for ordering), or with timing when `timing` is true.
 Event make_event(bool timing = false);
 
-// Device memory of `count` elements of T on the current device.
-template <typename T>
-class DeviceBuffer {
+// `count` elements of T in the memory kind of Memory (DeviceMemoryTraits: on the current device;
+// PinnedMemoryTraits: page-locked host memory, for stream-ordered host copies). Move-only; a
+// moved-from buffer is empty.
+template <typename T, typename Memory>
+class Buffer {
  public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(std::size_t count) : count_(count) {
-    if (count == 0) return;
-    void* p = nullptr;
-    MOE_DISPATCH_CUDA_CHECK(cudaMalloc(&p, count * sizeof(T)));
-    memory_ = UniqueHandle<DeviceMemoryTraits>(p);
+  Buffer() = default;
+  explicit Buffer(std::size_t count) : count_(count) {
+    if (count > 0) memory_ = UniqueHandle<Memory>(Memory::allocate(count * sizeof(T)));
   }
-  DeviceBuffer(DeviceBuffer&& other) noexcept
+  Buffer(Buffer&& other) noexcept
       : memory_(std::move(other.memory_)), count_(std::exchange(other.count_, 0)) {}
-  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
+  Buffer& operator=(Buffer&& other) noexcept {
     memory_ = std::move(other.memory_);
     count_ = std::exchange(other.count_, 0);
     return *this;
@@ -113,35 +123,13 @@ class DeviceBuffer {
   std::size_t bytes() const noexcept { return count_ * sizeof(T); }
 
  private:
-  UniqueHandle<DeviceMemoryTraits> memory_;
+  UniqueHandle<Memory> memory_;
   std::size_t count_ = 0;
 };
 
-// Page-locked host memory of `count` elements of T (for stream-ordered host copies).
 template <typename T>
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  explicit PinnedBuffer(std::size_t count) : count_(count) {
-    if (count == 0) return;
-    void* p = nullptr;
-    MOE_DISPATCH_CUDA_CHECK(cudaMallocHost(&p, count * sizeof(T)));
-    memory_ = UniqueHandle<PinnedMemoryTraits>(p);
-  }
-  PinnedBuffer(PinnedBuffer&& other) noexcept
-      : memory_(std::move(other.memory_)), count_(std::exchange(other.count_, 0)) {}
-  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept {
-    memory_ = std::move(other.memory_);
-    count_ = std::exchange(other.count_, 0);
-    return *this;
-  }
-  T* get() const noexcept { return static_cast<T*>(memory_.get()); }
-  std::size_t size() const noexcept { return count_; }
-  std::size_t bytes() const noexcept { return count_ * sizeof(T); }
-
- private:
-  UniqueHandle<PinnedMemoryTraits> memory_;
-  std::size_t count_ = 0;
-};
+using DeviceBuffer = Buffer<T, DeviceMemoryTraits>;
+template <typename T>
+using PinnedBuffer = Buffer<T, PinnedMemoryTraits>;
 
 }  // namespace moe_dispatch

@@ -1,0 +1,27 @@
+// GPU-suite helpers for DispatchStage: poison a run's outputs, copy them back, and run a routing
+// through a stage checked entry for entry against the host reference.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "moe_dispatch/dispatch_stage.hpp"
+#include "support/device_check.hpp"
+
+namespace moe_dispatch::test {
+
+// Writes kPoisonByte over every allocated entry of the outputs (and the counters), on `stream`.
+void poison(const DispatchOutputs& out, cudaStream_t stream);
+
+// The whole output buffers and counters, after synchronizing the device.
+DeviceResult fetch(const DispatchOutputs& out);
+
+// Writes `ids` to stage.input_for(), poisons the outputs, runs, and compares every entry with the
+// reference (entries past the defined extent must still hold the poison). "" when equal.
+std::string run_and_compare(DispatchStage& stage, const std::vector<std::int32_t>& ids,
+                            cudaStream_t stream);
+
+}  // namespace moe_dispatch::test
