@@ -32,8 +32,10 @@ struct AlignParams {
 };
 
 enum class AlignVariant {
-  kSmall,  // one block, one kernel: zero, count, scan and scatter with barriers between them
-  kLarge,  // count kernel (per-block histograms), scan kernel (one block), scatter kernel
+  kSmall,  // one kernel: every block counts, ranks and scans all slots (barriers between the
+           // stages), then writes its share of the outputs
+  kLarge,  // count kernel (per-block histograms), prefix kernel (a warp per expert row), scatter
+           // kernel (every block scans the totals and writes its chunk and share)
 };
 
 // Launch shape of one alignment; a function of (max numel, E, B) only.
@@ -41,7 +43,7 @@ struct AlignPlan {
   AlignVariant variant = AlignVariant::kSmall;
   int threads = 0;               // threads per block
   int items = 0;                 // slots per thread (each warp owns 32 * items consecutive slots)
-  int grid = 1;                  // blocks of the count and scatter kernels (large variant)
+  int grid = 1;                  // blocks (large variant: of the count and scatter kernels)
   std::size_t shared_bytes = 0;  // dynamic shared memory per block
   int kernels = 1;               // kernel launches per alignment
 };

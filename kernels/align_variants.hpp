@@ -7,7 +7,7 @@
 
 namespace moe_dispatch::kernels {
 
-// Largest numel and E the small variant takes (one block of 1024 threads, 16 slots per thread;
+// Largest numel and E the small variant takes (blocks of 1024 threads, 16 slots per thread;
 // per-warp 16-bit counter rows for every expert in shared memory).
 inline constexpr std::int64_t kSmallMaxNumel = 16384;
 inline constexpr int kSmallMaxExperts = 2048;
