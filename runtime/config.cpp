@@ -2,7 +2,9 @@
 // the YAML loader (config_yaml.cpp) runs the same function, mapping the key path each message names
 // back to the node it came from.
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -67,13 +69,16 @@ void check_buckets(const std::vector<int>& buckets) {
 
 // The kernels index sorted_token_ids with 32-bit offsets bounded by kMaxNumel; the largest bucket
 // sets its capacity (DESIGN.md §1): numel + E*(B-1), rounded up to a multiple of B when padded.
-// The capacity is never below numel, so this bound covers numel as well.
+// The capacity is never below numel, so this bound covers numel as well. With expert parallelism
+// buckets count tokens per rank and the stage that aligns is the local one, which may receive a
+// row from every rank for each token: world_size * bucket rows.
 void check_capacity(const DispatchConfig& cfg) {
   const std::int64_t experts = cfg.num_experts;
   const std::int64_t block = cfg.block_size;
   const std::int64_t top_k = cfg.top_k;
+  const std::int64_t ranks = cfg.expert_parallel ? cfg.expert_parallel->world_size : 1;
   const std::int64_t largest = cfg.buckets.back();
-  const std::int64_t numel = largest * top_k;
+  const std::int64_t numel = largest * ranks * top_k;
   std::int64_t capacity = numel + experts * (block - 1);
   std::int64_t limit = kMaxNumel;
   if (cfg.pad_sorted_ids) {
@@ -82,13 +87,19 @@ void check_capacity(const DispatchConfig& cfg) {
   }
   if (capacity <= kMaxNumel) return;
   const std::int64_t max_bucket =
-      std::max<std::int64_t>(0, (limit - experts * (block - 1)) / top_k);
+      std::max<std::int64_t>(0, (limit - experts * (block - 1)) / (top_k * ranks));
+  std::string problem = "largest bucket " + std::to_string(largest);
+  std::string shape = "num_experts, top_k, block_size and pad_sorted_ids";
+  if (cfg.expert_parallel) {
+    problem += " (" + std::to_string(largest * ranks) +
+               " rows received, from expert_parallel.world_size = " + std::to_string(ranks) +
+               " ranks)";
+    shape = "num_experts, top_k, block_size, pad_sorted_ids and expert_parallel.world_size";
+  }
   fail(entry_key("buckets", cfg.buckets.size() - 1),
-       "largest bucket " + std::to_string(largest) + " needs " + std::to_string(numel) +
-           " slots and a sorted_token_ids capacity of " + std::to_string(capacity) +
-           ", above the limit of " + std::to_string(kMaxNumel),
-       "a largest bucket of at most " + std::to_string(max_bucket) +
-           " for this num_experts, top_k, block_size and pad_sorted_ids");
+       problem + " needs " + std::to_string(numel) + " slots and a sorted_token_ids capacity of " +
+           std::to_string(capacity) + ", above the limit of " + std::to_string(kMaxNumel),
+       "a largest bucket of at most " + std::to_string(max_bucket) + " for this " + shape);
 }
 
 void check_expert_map(const ExpertMap& map, int num_experts) {
@@ -117,6 +128,52 @@ void check_expert_map(const ExpertMap& map, int num_experts) {
   }
 }
 
+// The rules of ExpertParallelDispatch, for configs from YAML and code alike (validate() of an
+// ExpertParallelConfig comes here too).
+void check_expert_parallel(const ExpertParallelSection& ep, int num_experts) {
+  const bool contiguous = ep.placement.empty();
+  check_range("expert_parallel.world_size", ep.world_size, 1,
+              contiguous ? std::min(kMaxWorldSize, num_experts) : kMaxWorldSize,
+              contiguous ? "at most num_experts = " + std::to_string(num_experts) +
+                               " for the contiguous placement, and at most " +
+                               std::to_string(kMaxWorldSize)
+                         : std::string{});
+  check_range("expert_parallel.rank", ep.rank, 0, ep.world_size - 1,
+              "world_size = " + std::to_string(ep.world_size));
+  if (!contiguous) {
+    constexpr std::string_view kKey = "expert_parallel.placement";
+    if (ep.placement.size() != static_cast<std::size_t>(num_experts)) {
+      fail(kKey, "has " + std::to_string(ep.placement.size()) + " entries",
+           "contiguous, or exactly num_experts = " + std::to_string(num_experts) + " owner ranks");
+    }
+    for (std::size_t e = 0; e < ep.placement.size(); ++e) {
+      check_range(entry_key(kKey, e), ep.placement[e], 0, ep.world_size - 1,
+                  "the owner rank of global expert " + std::to_string(e));
+    }
+  }
+  const auto multiple = static_cast<int>(16 / element_bytes(ep.hidden_type));
+  if (ep.hidden_size <= 0 || ep.hidden_size > kMaxHiddenSize || ep.hidden_size % multiple != 0) {
+    fail("expert_parallel.hidden_size",
+         std::to_string(ep.hidden_size) + " is not allowed for hidden_type " +
+             std::string(to_string(ep.hidden_type)),
+         "a positive multiple of " + std::to_string(multiple) + " up to " +
+             std::to_string(kMaxHiddenSize) + " (rows are copied as 16-byte vectors)");
+  }
+}
+
+// What expert parallelism needs of the rest of the config.
+void check_with_expert_parallel(const DispatchConfig& cfg) {
+  if (cfg.expert_map) {
+    fail("expert_map", "is given together with expert_parallel",
+         "no expert_map with expert_parallel (its placement decides which experts are local)");
+  }
+  if (cfg.overflow != OverflowPolicy::kError) {
+    fail("overflow", "is eager with expert_parallel",
+         "error with expert_parallel (every rank of a step needs the same bucket; counts above the "
+         "largest bucket have none)");
+  }
+}
+
 }  // namespace
 
 void validate(const DispatchConfig& cfg) {
@@ -124,8 +181,10 @@ void validate(const DispatchConfig& cfg) {
   check_top_k(cfg);
   check_range("block_size", cfg.block_size, 1, kMaxBlockSize);
   check_buckets(cfg.buckets);
-  check_capacity(cfg);
+  if (cfg.expert_parallel) check_expert_parallel(*cfg.expert_parallel, cfg.num_experts);
+  check_capacity(cfg);  // after expert_parallel: it needs a valid world_size
   if (cfg.expert_map) check_expert_map(*cfg.expert_map, cfg.num_experts);
+  if (cfg.expert_parallel) check_with_expert_parallel(cfg);
   if (cfg.device < 0) {
     fail("device", std::to_string(cfg.device) + " is negative", "a CUDA device ordinal >= 0");
   }
@@ -168,6 +227,20 @@ std::string_view to_string(OverflowPolicy policy) {
   return "?";
 }
 
+std::size_t element_bytes(HiddenType type) {
+  return type == HiddenType::kBFloat16 ? 2 : sizeof(float);
+}
+
+std::string_view to_string(HiddenType type) {
+  switch (type) {
+    case HiddenType::kFloat32:
+      return "float32";
+    case HiddenType::kBFloat16:
+      return "bf16";
+  }
+  return "?";
+}
+
 std::string_view to_string(CaptureMode mode) {
   switch (mode) {
     case CaptureMode::kEager:
@@ -190,7 +263,8 @@ void write_flow_list(std::ostream& out, const std::vector<T>& values) {
 }  // namespace
 
 // Keys follow the order of configs/default.yaml. The expert map is always written as its explicit
-// list (a rank/world_size split is resolved by then), which reads back to the same map.
+// list (a rank/world_size split is resolved by then), which reads back to the same map; an empty
+// placement is written as contiguous.
 std::string to_yaml(const DispatchConfig& cfg) {
   std::ostringstream out;
   out << "num_experts: " << cfg.num_experts << '\n';
@@ -211,7 +285,24 @@ std::string to_yaml(const DispatchConfig& cfg) {
     write_flow_list(out, cfg.expert_map->global_to_local);
     out << '\n';
   } else {
-    out << "expert_map: null  # every expert is local\n";
+    out << (cfg.expert_parallel ? "expert_map: null  # expert_parallel's placement decides\n"
+                                : "expert_map: null  # every expert is local\n");
+  }
+  if (const std::optional<ExpertParallelSection>& ep = cfg.expert_parallel) {
+    out << "expert_parallel:\n";
+    out << "  world_size: " << ep->world_size << '\n';
+    out << "  rank: " << ep->rank << '\n';
+    out << "  placement: ";
+    if (ep->placement.empty()) {
+      out << "contiguous";
+    } else {
+      write_flow_list(out, ep->placement);
+    }
+    out << '\n';
+    out << "  hidden_size: " << ep->hidden_size << '\n';
+    out << "  hidden_type: " << to_string(ep->hidden_type) << '\n';
+  } else {
+    out << "expert_parallel: null  # one GPU holds every expert\n";
   }
   return out.str();
 }

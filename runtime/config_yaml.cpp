@@ -54,6 +54,9 @@ const std::vector<KeySpec>& top_level_keys() {
       {"expert_map", false,
        "null, or a mapping with either experts: [ids] or rank and world_size, plus an optional "
        "mode: drop or map_after"},
+      {"expert_parallel", false,
+       "null, or a mapping with world_size, rank and hidden_size, plus optional placement "
+       "(contiguous or a list of owner ranks) and hidden_type (bf16 or float32)"},
   };
   return keys;
 }
@@ -66,6 +69,23 @@ const std::vector<KeySpec>& expert_map_keys() {
       {"rank", false, "an integer in 0..world_size-1"},
       {"world_size", false, "an integer in 1..num_experts"},
       {"mode", false, "drop or map_after"},
+  };
+  return keys;
+}
+
+const std::vector<KeySpec>& expert_parallel_keys() {
+  static const std::vector<KeySpec> keys = {
+      {"world_size", true,
+       "an integer in 1.." + std::to_string(kMaxWorldSize) +
+           " (at most num_experts for the contiguous placement)"},
+      {"rank", true, "an integer in 0..world_size-1"},
+      {"placement", false,
+       "contiguous (the default), or a list of num_experts integers: the owner rank of each "
+       "global expert, in 0..world_size-1"},
+      {"hidden_size", true,
+       "a positive integer up to " + std::to_string(kMaxHiddenSize) +
+           ", elements per hidden row: a multiple of 8 for bf16, of 4 for float32"},
+      {"hidden_type", false, "bf16 or float32"},
   };
   return keys;
 }
@@ -320,6 +340,50 @@ ExpertMapSource read_expert_map(const ErrorSink& errors, const Entry& entry) {
   return {std::nullopt, split};
 }
 
+// The contiguous placement is an empty list in ExpertParallelSection; an empty list in the YAML is
+// no placement at all, so it is refused here rather than read as contiguous.
+std::vector<std::int32_t> read_placement(const ErrorSink& errors, const Value& value,
+                                         std::string_view allowed) {
+  if (value.node.IsScalar() && value.node.Scalar() == "contiguous") return {};
+  if (!value.node.IsSequence()) {
+    errors.fail(value.mark, value.key,
+                "expected contiguous or a list of owner ranks, got " + describe(value.node),
+                allowed);
+  }
+  if (value.node.size() == 0) errors.fail(value.mark, value.key, "the list is empty", allowed);
+  return read_int_list<std::int32_t>(errors, value, allowed);
+}
+
+std::optional<ExpertParallelSection> read_expert_parallel(const ErrorSink& errors,
+                                                          const Entry& entry) {
+  const std::vector<KeySpec>& keys = expert_parallel_keys();
+  if (entry.value.IsNull()) return std::nullopt;
+  if (!entry.value.IsMap()) {
+    errors.fail(entry.value.Mark(), "expert_parallel",
+                "expected a mapping, got " + describe(entry.value),
+                spec_of(top_level_keys(), "expert_parallel").allowed);
+  }
+  const Entries fields = read_entries(errors, entry.value, "expert_parallel.", keys);
+  const auto value_of = [&](std::string_view name) {
+    return fields.at(std::string(name)).as_value("expert_parallel." + std::string(name));
+  };
+  const auto allowed = [&](std::string_view name) -> const std::string& {
+    return spec_of(keys, name).allowed;
+  };
+  ExpertParallelSection ep;
+  ep.world_size = read_int(errors, value_of("world_size"), allowed("world_size"));
+  ep.rank = read_int(errors, value_of("rank"), allowed("rank"));
+  if (fields.contains("placement")) {
+    ep.placement = read_placement(errors, value_of("placement"), allowed("placement"));
+  }
+  ep.hidden_size = read_int(errors, value_of("hidden_size"), allowed("hidden_size"));
+  if (fields.contains("hidden_type")) {
+    constexpr std::array kTypes = {HiddenType::kBFloat16, HiddenType::kFloat32};
+    ep.hidden_type = read_enum(errors, value_of("hidden_type"), kTypes, allowed("hidden_type"));
+  }
+  return ep;
+}
+
 // The node a rule's key path names ("buckets[3]", "expert_map.experts"), or the deepest node on
 // the path that exists.
 YAML::Mark mark_of_path(const YAML::Node& root, std::string_view path) {
@@ -474,14 +538,19 @@ DispatchConfig parse_config(std::string_view yaml_text, const std::string& sourc
     expert_map = read_expert_map(errors, *entry);
   }
   cfg.expert_map = std::move(expert_map.explicit_map);
+  if (const Entry* entry = find_entry(entries, "expert_parallel")) {
+    cfg.expert_parallel = read_expert_parallel(errors, *entry);
+  }
 
   at_yaml_nodes(errors, root, [&] { validate(cfg); });
   if (const std::optional<ExpertSplit>& split = expert_map.split) {
     // After validate(): split_experts() trusts num_experts, and its own errors name rank or
-    // world_size. The map it returns is valid by construction.
+    // world_size. The map it returns is valid by construction, but expert_parallel allows no
+    // map at all, which validate() can only see now.
     cfg.expert_map = at_yaml_nodes(errors, root, [&] {
       return split_experts(cfg.num_experts, split->rank, split->world_size, split->mode);
     });
+    if (cfg.expert_parallel) at_yaml_nodes(errors, root, [&] { validate(cfg); });
   }
   return cfg;
 }

@@ -263,6 +263,12 @@ struct DispatchStage::Impl {
 DispatchStage::DispatchStage(const DispatchConfig& config, std::int32_t* external_input)
     : impl_(std::make_unique<Impl>()) {
   validate(config);
+  if (config.expert_parallel) {
+    throw ConfigError(
+        "config: expert_parallel: a DispatchStage aligns one rank's routing and has no use for the "
+        "section; construct moe_dispatch::ExpertParallelDispatch (library moe_dispatch::ep) with "
+        "expert_parallel_config(config), or remove the section");
+  }
   Impl& s = *impl_;
   s.config = config;
   s.shape = shape_of(config);

@@ -22,6 +22,8 @@
 namespace moe_dispatch {
 
 static_assert(kernels::kEpMaxTopK == kMaxTopK, "the reduce kernel stages top_k weights");
+static_assert(kernels::kEpMaxWorldSize == kMaxWorldSize,
+              "the permute kernels stage per-rank counts");
 
 namespace {
 
@@ -44,6 +46,19 @@ namespace {
                        const std::string& allowed) {
   throw ConfigError("config: expert_parallel." + std::string(key) + ": " + problem +
                     "; allowed: " + allowed);
+}
+
+// The same config as one DispatchConfig with its expert_parallel section: the form the rules are
+// written for (config.cpp).
+DispatchConfig with_section(const ExpertParallelConfig& cfg) {
+  DispatchConfig whole = cfg.stage;
+  ExpertParallelSection& section = whole.expert_parallel.emplace();
+  section.world_size = cfg.world_size;
+  section.rank = cfg.rank;
+  if (cfg.placement) section.placement = cfg.placement->owner;
+  section.hidden_size = cfg.hidden_size;
+  section.hidden_type = cfg.hidden_type;
+  return whole;
 }
 
 kernels::EpElement element_of(HiddenType type) {
@@ -104,10 +119,6 @@ NcclComm make_communicator(const ncclUniqueId& id, int world_size, int rank, int
   return NcclComm(comm);
 }
 
-std::size_t element_bytes(HiddenType type) {
-  return type == HiddenType::kBFloat16 ? 2 : sizeof(float);
-}
-
 ExpertPlacement contiguous_placement(int num_experts, int world_size) {
   ExpertPlacement placement;
   placement.owner.assign(static_cast<std::size_t>(std::max(num_experts, 0)), -1);
@@ -137,56 +148,37 @@ ExpertPlacement placement_of(const ExpertParallelConfig& cfg) {
 }
 
 void validate(const ExpertParallelConfig& cfg) {
-  validate(cfg.stage);
-  if (cfg.stage.expert_map) {
-    fail("stage.expert_map", "is set", "empty (the placement decides which experts are local)");
+  if (cfg.stage.expert_parallel) {
+    fail("stage.expert_parallel", "is set",
+         "empty (world_size, rank, placement, hidden_size and hidden_type are fields of "
+         "ExpertParallelConfig)");
   }
-  if (cfg.stage.overflow != OverflowPolicy::kError) {
-    fail("stage.overflow", "is 'eager'",
-         "'error' (every rank of a step needs the same bucket; counts above the largest bucket "
-         "have none)");
+  // The section spells "contiguous" as an empty list, so an empty owner list is refused here.
+  if (cfg.placement && cfg.placement->owner.empty()) {
+    fail("placement", "has 0 entries",
+         "exactly num_experts = " + count_text(cfg.stage.num_experts) +
+             " owner ranks, or no placement (contiguous)");
   }
-  if (cfg.world_size < 1 || cfg.world_size > kernels::kEpMaxWorldSize) {
-    fail("world_size", count_text(cfg.world_size) + " is out of range",
-         "1.." + count_text(kernels::kEpMaxWorldSize));
+  validate(with_section(cfg));
+}
+
+ExpertParallelConfig expert_parallel_config(const DispatchConfig& cfg) {
+  if (!cfg.expert_parallel) {
+    throw ConfigError(
+        "config: expert_parallel: the section is missing; allowed: a config with an "
+        "expert_parallel section (world_size, rank, hidden_size; see configs/default.yaml)");
   }
-  if (cfg.rank < 0 || cfg.rank >= cfg.world_size) {
-    fail("rank", count_text(cfg.rank) + " is out of range",
-         "0.." + count_text(cfg.world_size - 1) + " (world_size " + count_text(cfg.world_size) +
-             ")");
-  }
-  if (cfg.placement) {
-    const auto& owner = cfg.placement->owner;
-    if (owner.size() != static_cast<std::size_t>(cfg.stage.num_experts)) {
-      fail("placement.owner", "has " + std::to_string(owner.size()) + " entries",
-           "exactly num_experts = " + count_text(cfg.stage.num_experts));
-    }
-    for (std::size_t e = 0; e < owner.size(); ++e) {
-      if (owner[e] < 0 || owner[e] >= cfg.world_size) {
-        fail("placement.owner[" + std::to_string(e) + "]",
-             count_text(owner[e]) + " is out of range",
-             "a rank in 0.." + count_text(cfg.world_size - 1));
-      }
-    }
-  } else if (cfg.world_size > cfg.stage.num_experts) {
-    fail("world_size", count_text(cfg.world_size) + " exceeds num_experts",
-         "at most num_experts = " + count_text(cfg.stage.num_experts) +
-             " for the contiguous placement (or give placement.owner)");
-  }
-  const std::size_t bytes = element_bytes(cfg.hidden_type);
-  const int multiple = static_cast<int>(16 / bytes);
-  if (cfg.hidden_size <= 0 || cfg.hidden_size % multiple != 0 || cfg.hidden_size > (1 << 20)) {
-    fail("hidden_size", count_text(cfg.hidden_size) + " is not allowed",
-         "a positive multiple of " + count_text(multiple) +
-             " up to 1048576 (rows are copied as 16-byte vectors)");
-  }
-  try {
-    validate(local_config(cfg, placement_of(cfg)));
-  } catch (const ConfigError& e) {
-    throw ConfigError("config: expert_parallel: the local stage (buckets world_size * bucket = " +
-                      count_text(cfg.world_size * cfg.stage.max_tokens()) +
-                      " rows) breaks a rule: " + e.what());
-  }
+  const ExpertParallelSection& section = *cfg.expert_parallel;
+  ExpertParallelConfig ep;
+  ep.stage = cfg;
+  ep.stage.expert_parallel.reset();
+  ep.world_size = section.world_size;
+  ep.rank = section.rank;
+  if (!section.placement.empty()) ep.placement = ExpertPlacement{section.placement};
+  ep.hidden_size = section.hidden_size;
+  ep.hidden_type = section.hidden_type;
+  validate(ep);
+  return ep;
 }
 
 // Graphs of one bucket. The route kernel is the only node that reads the host count; each launch

@@ -17,6 +17,13 @@
 //   expert_map: unknown key, experts and rank both given, neither given, rank without world_size,
 //               experts of the wrong length, local id out of range, repeated local id, rank out of
 //               range, world_size above num_experts, unknown mode
+//   expert_parallel: list for the section, unknown key, world_size missing, hidden_size missing,
+//               word for rank, world_size 0, world_size above num_experts (contiguous), world_size
+//               above 32 (explicit placement), rank out of range, placement of the wrong length,
+//               owner rank out of range, placement a scalar other than contiguous, placement an
+//               empty list, hidden_size 0, hidden_size not a 16-byte row, unknown hidden_type,
+//               together with expert_map (explicit and split), with overflow eager, largest bucket
+//               times world_size over the capacity limit
 #include <doctest/doctest.h>
 
 #include <cstdlib>
@@ -39,6 +46,8 @@ using moe_dispatch::ConfigError;
 using moe_dispatch::DispatchConfig;
 using moe_dispatch::ExpertMap;
 using moe_dispatch::ExpertMapMode;
+using moe_dispatch::ExpertParallelSection;
+using moe_dispatch::HiddenType;
 using moe_dispatch::OverflowPolicy;
 
 std::filesystem::path source_dir() {
@@ -94,6 +103,14 @@ void check_same(const DispatchConfig& a, const DispatchConfig& b) {
     CHECK(a.expert_map->global_to_local == b.expert_map->global_to_local);
     CHECK(a.expert_map->mode == b.expert_map->mode);
   }
+  REQUIRE(a.expert_parallel.has_value() == b.expert_parallel.has_value());
+  if (a.expert_parallel) {
+    CHECK(a.expert_parallel->world_size == b.expert_parallel->world_size);
+    CHECK(a.expert_parallel->rank == b.expert_parallel->rank);
+    CHECK(a.expert_parallel->placement == b.expert_parallel->placement);
+    CHECK(a.expert_parallel->hidden_size == b.expert_parallel->hidden_size);
+    CHECK(a.expert_parallel->hidden_type == b.expert_parallel->hidden_type);
+  }
 }
 
 constexpr std::string_view kMinimal =
@@ -104,6 +121,11 @@ constexpr std::string_view kMinimal =
 
 const std::vector<int> kPresetBuckets = {1,   2,   4,    8,    16,   32,   64,   128,
                                          256, 512, 1024, 2048, 4096, 8192, 16384};
+
+// kMinimal plus an expert_parallel section from line 5; its keys start on line 6 at column 3.
+std::string with_expert_parallel(std::string_view section) {
+  return std::string(kMinimal) + "expert_parallel:\n" + std::string(section);
+}
 
 }  // namespace
 
@@ -127,8 +149,26 @@ TEST_CASE("every preset in configs/ loads with its model's shape") {
       CHECK(cfg.buckets == kPresetBuckets);
       CHECK(cfg.max_tokens() == 16384);
       CHECK_FALSE(cfg.expert_map.has_value());
+      CHECK_FALSE(cfg.expert_parallel.has_value());
     }
   }
+}
+
+TEST_CASE("the expert-parallel preset loads with DeepSeek-V3's shape over 8 ranks") {
+  const DispatchConfig cfg =
+      moe_dispatch::load_config(source_dir() / "configs" / "deepseek-v3-ep8.yaml");
+  CHECK(cfg.num_experts == 256);
+  CHECK(cfg.top_k == 8);
+  CHECK(cfg.block_size == 64);
+  CHECK(cfg.buckets == std::vector<int>{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096});
+  CHECK(cfg.overflow == OverflowPolicy::kError);
+  CHECK_FALSE(cfg.expert_map.has_value());
+  REQUIRE(cfg.expert_parallel.has_value());
+  CHECK(cfg.expert_parallel->world_size == 8);
+  CHECK(cfg.expert_parallel->rank == 0);
+  CHECK(cfg.expert_parallel->placement.empty());  // contiguous
+  CHECK(cfg.expert_parallel->hidden_size == 7168);
+  CHECK(cfg.expert_parallel->hidden_type == HiddenType::kBFloat16);
 }
 
 TEST_CASE("default.yaml spells out every default") {
@@ -139,6 +179,7 @@ TEST_CASE("default.yaml spells out every default") {
   CHECK(cfg.capture == defaults.capture);
   CHECK(cfg.device == defaults.device);
   CHECK(cfg.log == defaults.log);
+  CHECK_FALSE(cfg.expert_parallel.has_value());
 }
 
 TEST_CASE("keys left out take their defaults") {
@@ -153,6 +194,7 @@ TEST_CASE("keys left out take their defaults") {
   CHECK(cfg.device == 0);
   CHECK(cfg.log);
   CHECK_FALSE(cfg.expert_map.has_value());
+  CHECK_FALSE(cfg.expert_parallel.has_value());
 }
 
 TEST_CASE("every key can be set from YAML") {
@@ -197,6 +239,57 @@ TEST_CASE("an expert map given as rank and world_size is the contiguous split") 
   CHECK(cfg.expert_map->mode == ExpertMapMode::kDrop);
 }
 
+TEST_CASE("an expert_parallel section takes a contiguous placement and bf16 unless told") {
+  const DispatchConfig cfg = moe_dispatch::parse_config(
+      with_expert_parallel("  world_size: 3\n  rank: 2\n  hidden_size: 4096\n"), "ep.yaml");
+  REQUIRE(cfg.expert_parallel.has_value());
+  CHECK(cfg.expert_parallel->world_size == 3);
+  CHECK(cfg.expert_parallel->rank == 2);
+  CHECK(cfg.expert_parallel->placement.empty());
+  CHECK(cfg.expert_parallel->hidden_size == 4096);
+  CHECK(cfg.expert_parallel->hidden_type == HiddenType::kBFloat16);
+  CHECK_FALSE(cfg.expert_map.has_value());
+}
+
+TEST_CASE("an expert_parallel section can set every key, placement as a list of owner ranks") {
+  SUBCASE("explicit placement, float32") {
+    const DispatchConfig cfg = moe_dispatch::parse_config(
+        with_expert_parallel("  world_size: 2\n"
+                             "  rank: 1\n"
+                             "  placement: [1, 0, 1, 0, 0, 0, 1, 1]\n"
+                             "  hidden_size: 12\n"  // 48 bytes: a 16-byte multiple in float32
+                             "  hidden_type: float32\n"),
+        "ep.yaml");
+    REQUIRE(cfg.expert_parallel.has_value());
+    CHECK(cfg.expert_parallel->placement == std::vector<std::int32_t>{1, 0, 1, 0, 0, 0, 1, 1});
+    CHECK(cfg.expert_parallel->hidden_size == 12);
+    CHECK(cfg.expert_parallel->hidden_type == HiddenType::kFloat32);
+  }
+  SUBCASE("placement: contiguous, written out") {
+    const DispatchConfig cfg = moe_dispatch::parse_config(
+        with_expert_parallel("  world_size: 8\n  rank: 7\n  placement: contiguous\n"
+                             "  hidden_size: 8\n  hidden_type: bf16\n"),
+        "ep.yaml");
+    REQUIRE(cfg.expert_parallel.has_value());
+    CHECK(cfg.expert_parallel->placement.empty());
+    CHECK(cfg.expert_parallel->hidden_type == HiddenType::kBFloat16);
+  }
+  SUBCASE("an explicit placement may leave ranks without experts") {
+    const DispatchConfig cfg = moe_dispatch::parse_config(
+        with_expert_parallel("  world_size: 32\n  rank: 31\n"
+                             "  placement: [0, 1, 2, 3, 4, 5, 6, 7]\n  hidden_size: 64\n"),
+        "ep.yaml");
+    REQUIRE(cfg.expert_parallel.has_value());
+    CHECK(cfg.expert_parallel->world_size == 32);
+  }
+}
+
+TEST_CASE("an expert_parallel of null means one GPU") {
+  const DispatchConfig cfg =
+      moe_dispatch::parse_config(std::string(kMinimal) + "expert_parallel: null\n", "null.yaml");
+  CHECK_FALSE(cfg.expert_parallel.has_value());
+}
+
 TEST_CASE("an expert_map of null means every expert is local") {
   const DispatchConfig cfg =
       moe_dispatch::parse_config(std::string(kMinimal) + "expert_map: null\n", "null.yaml");
@@ -225,18 +318,43 @@ TEST_CASE("to_yaml writes every key and reads back to the same config") {
     }
     check_same(moe_dispatch::parse_config(yaml, "round_trip.yaml"), custom);
   }
+  SUBCASE("a config with expert parallelism, contiguous and explicit") {
+    DispatchConfig ep = custom;
+    ep.expert_map.reset();
+    ep.overflow = OverflowPolicy::kError;
+    ep.expert_parallel = ExpertParallelSection{4, 3, {}, 7168, HiddenType::kBFloat16};
+    std::string yaml = moe_dispatch::to_yaml(ep);
+    for (const char* key :
+         {"expert_parallel:\n", "  world_size: 4\n", "  rank: 3\n", "  placement: contiguous\n",
+          "  hidden_size: 7168\n", "  hidden_type: bf16\n", "expert_map: null"}) {
+      CHECK_MESSAGE(yaml.find(key) != std::string::npos, key << " missing from\n" << yaml);
+    }
+    check_same(moe_dispatch::parse_config(yaml, "round_trip.yaml"), ep);
+
+    ep.expert_parallel->placement = {3, 3, 2, 2, 1, 1, 0, 0, 0, 1, 2, 3, 3, 2, 1, 0};
+    ep.expert_parallel->hidden_type = HiddenType::kFloat32;
+    yaml = moe_dispatch::to_yaml(ep);
+    for (const char* key : {"  placement: [3, 3, 2, 2, 1, 1, 0, 0, 0, 1, 2, 3, 3, 2, 1, 0]\n",
+                            "  hidden_type: float32\n"}) {
+      CHECK_MESSAGE(yaml.find(key) != std::string::npos, key << " missing from\n" << yaml);
+    }
+    const DispatchConfig again = moe_dispatch::parse_config(yaml, "round_trip.yaml");
+    check_same(again, ep);
+    CHECK(moe_dispatch::to_yaml(again) == yaml);
+  }
   SUBCASE("a config of defaults writes the defaults") {
     DispatchConfig plain = moe_dispatch::parse_config(kMinimal, "minimal.yaml");
     const std::string yaml = moe_dispatch::to_yaml(plain);
-    for (const char* key : {"pad_sorted_ids: false", "overflow: error", "capture: eager",
-                            "device: 0", "log: true", "expert_map: null"}) {
+    for (const char* key :
+         {"pad_sorted_ids: false", "overflow: error", "capture: eager", "device: 0", "log: true",
+          "expert_map: null", "expert_parallel: null"}) {
       CHECK_MESSAGE(yaml.find(key) != std::string::npos, key << " missing from\n" << yaml);
     }
     check_same(moe_dispatch::parse_config(yaml, "round_trip.yaml"), plain);
   }
   SUBCASE("every preset") {
-    for (const char* file :
-         {"default.yaml", "mixtral-8x7b.yaml", "qwen3-moe.yaml", "deepseek-v3.yaml"}) {
+    for (const char* file : {"default.yaml", "mixtral-8x7b.yaml", "qwen3-moe.yaml",
+                             "deepseek-v3.yaml", "deepseek-v3-ep8.yaml"}) {
       CAPTURE(file);
       const DispatchConfig cfg = moe_dispatch::load_config(source_dir() / "configs" / file);
       check_same(moe_dispatch::parse_config(moe_dispatch::to_yaml(cfg), "round_trip.yaml"), cfg);
@@ -251,6 +369,8 @@ TEST_CASE("enum names are the YAML spellings") {
   CHECK(moe_dispatch::to_string(OverflowPolicy::kEager) == "eager");
   CHECK(moe_dispatch::to_string(CaptureMode::kEager) == "eager");
   CHECK(moe_dispatch::to_string(CaptureMode::kLazy) == "lazy");
+  CHECK(moe_dispatch::to_string(HiddenType::kBFloat16) == "bf16");
+  CHECK(moe_dispatch::to_string(HiddenType::kFloat32) == "float32");
 }
 
 TEST_CASE("split_experts gives each rank an equal contiguous share when it divides evenly") {
@@ -322,6 +442,9 @@ TEST_CASE("validate accepts a well-formed config built in code") {
   cfg.buckets = {1, 2, 4, 16384};
   cfg.pad_sorted_ids = true;
   cfg.expert_map = moe_dispatch::split_experts(256, 7, 8);
+  CHECK_NOTHROW(moe_dispatch::validate(cfg));
+  cfg.expert_map.reset();
+  cfg.expert_parallel = ExpertParallelSection{8, 7, {}, 7168, HiddenType::kBFloat16};
   CHECK_NOTHROW(moe_dispatch::validate(cfg));
 }
 
@@ -397,6 +520,62 @@ TEST_CASE("validate names the key and the allowed values of a config built in co
        },
        "config: expert_map.global_to_local[3]: ", "unique local id in 0..7"},
       {"negative device", [](DispatchConfig& c) { c.device = -1; }, "config: device: ", ">= 0"},
+      {"expert_parallel world_size 0",
+       [](DispatchConfig& c) {
+         c.expert_parallel = ExpertParallelSection{0, 0, {}, 64, HiddenType::kBFloat16};
+       },
+       "config: expert_parallel.world_size: ", "1..8"},
+      {"expert_parallel world_size above num_experts, contiguous",
+       [](DispatchConfig& c) {
+         c.expert_parallel = ExpertParallelSection{9, 0, {}, 64, HiddenType::kBFloat16};
+       },
+       "config: expert_parallel.world_size: ", "1..8 (at most num_experts = 8"},
+      {"expert_parallel rank out of range",
+       [](DispatchConfig& c) {
+         c.expert_parallel = ExpertParallelSection{2, 2, {}, 64, HiddenType::kBFloat16};
+       },
+       "config: expert_parallel.rank: ", "0..1"},
+      {"expert_parallel placement of the wrong length",
+       [](DispatchConfig& c) {
+         c.expert_parallel = ExpertParallelSection{2, 0, {0, 1}, 64, HiddenType::kBFloat16};
+       },
+       "config: expert_parallel.placement: ", "exactly num_experts = 8 owner ranks"},
+      {"expert_parallel owner out of range",
+       [](DispatchConfig& c) {
+         c.expert_parallel =
+             ExpertParallelSection{2, 0, {0, 0, 0, 0, 1, 1, 1, -1}, 64, HiddenType::kBFloat16};
+       },
+       "config: expert_parallel.placement[7]: ", "0..1"},
+      {"expert_parallel hidden_size 0",
+       [](DispatchConfig& c) {
+         c.expert_parallel = ExpertParallelSection{2, 0, {}, 0, HiddenType::kBFloat16};
+       },
+       "config: expert_parallel.hidden_size: ", "a positive multiple of 8"},
+      {"expert_parallel float32 row not a multiple of 16 bytes",
+       [](DispatchConfig& c) {
+         c.expert_parallel = ExpertParallelSection{2, 0, {}, 6, HiddenType::kFloat32};
+       },
+       "config: expert_parallel.hidden_size: ", "a positive multiple of 4"},
+      {"expert_parallel with an expert map",
+       [](DispatchConfig& c) {
+         c.expert_parallel = ExpertParallelSection{2, 0, {}, 64, HiddenType::kBFloat16};
+         c.expert_map = moe_dispatch::split_experts(8, 0, 2);
+       },
+       "config: expert_map: ", "no expert_map with expert_parallel"},
+      {"expert_parallel with overflow eager",
+       [](DispatchConfig& c) {
+         c.expert_parallel = ExpertParallelSection{2, 0, {}, 64, HiddenType::kBFloat16};
+         c.overflow = OverflowPolicy::kEager;
+       },
+       "config: overflow: ", "error with expert_parallel"},
+      {"expert_parallel world_size times the largest bucket over kMaxNumel",
+       [](DispatchConfig& c) {
+         c.buckets = {1, 1 << 20};
+         c.expert_parallel = ExpertParallelSection{8, 0, {}, 64, HiddenType::kBFloat16};
+       },
+       "config: buckets[1]: ",
+       "at most 1048544 for this num_experts, top_k, block_size, "
+       "pad_sorted_ids and expert_parallel.world_size"},
   };
   for (const Bad& bad : cases) {
     SUBCASE(bad.what) {
@@ -523,6 +702,73 @@ TEST_CASE("malformed YAML throws one ConfigError at the offending line and colum
       {"unknown expert_map mode",
        base + "expert_map:\n  rank: 0\n  world_size: 2\n  mode: legacy\n",
        "bad.yaml:8:9: expert_map.mode: ", "drop or map_after"},
+      // expert_parallel (line 5 "expert_parallel:", its keys from line 6 at column 3)
+      {"list for expert_parallel", base + "expert_parallel: [2, 0]\n",
+       "bad.yaml:5:18: expert_parallel: ", "a mapping with world_size, rank and hidden_size"},
+      {"unknown expert_parallel key",
+       with_expert_parallel("  world_size: 2\n  ranks: 0\n  hidden_size: 64\n"),
+       "bad.yaml:7:3: expert_parallel.ranks: ",
+       "the keys world_size, rank, placement, hidden_size, hidden_type"},
+      {"expert_parallel world_size missing", with_expert_parallel("  rank: 0\n  hidden_size: 64\n"),
+       "bad.yaml:6:3: expert_parallel.world_size: ", "1..32"},
+      {"expert_parallel hidden_size missing", with_expert_parallel("  world_size: 2\n  rank: 0\n"),
+       "bad.yaml:6:3: expert_parallel.hidden_size: ", "elements per hidden row"},
+      {"word for expert_parallel rank",
+       with_expert_parallel("  world_size: 2\n  rank: first\n  hidden_size: 64\n"),
+       "bad.yaml:7:9: expert_parallel.rank: ", "0..world_size-1"},
+      {"expert_parallel world_size 0",
+       with_expert_parallel("  world_size: 0\n  rank: 0\n  hidden_size: 64\n"),
+       "bad.yaml:6:15: expert_parallel.world_size: ", "1..8"},
+      {"expert_parallel world_size above num_experts",
+       with_expert_parallel("  world_size: 16\n  rank: 0\n  hidden_size: 64\n"),
+       "bad.yaml:6:15: expert_parallel.world_size: ", "1..8 (at most num_experts = 8"},
+      {"expert_parallel world_size above 32",
+       with_expert_parallel("  world_size: 33\n  rank: 0\n"
+                            "  placement: [0, 1, 2, 3, 4, 5, 6, 7]\n  hidden_size: 64\n"),
+       "bad.yaml:6:15: expert_parallel.world_size: ", "1..32"},
+      {"expert_parallel rank out of range",
+       with_expert_parallel("  world_size: 2\n  rank: 2\n  hidden_size: 64\n"),
+       "bad.yaml:7:9: expert_parallel.rank: ", "0..1"},
+      {"placement of the wrong length",
+       with_expert_parallel("  world_size: 2\n  rank: 0\n  placement: [0, 1, 0]\n"
+                            "  hidden_size: 64\n"),
+       "bad.yaml:8:14: expert_parallel.placement: ", "exactly num_experts = 8 owner ranks"},
+      {"owner rank out of range",
+       with_expert_parallel("  world_size: 2\n  rank: 0\n  placement: [0, 1, 0, 1, 2, 1, 0, 1]\n"
+                            "  hidden_size: 64\n"),
+       "bad.yaml:8:27: expert_parallel.placement[4]: ", "0..1 (the owner rank of global expert 4)"},
+      {"placement a scalar other than contiguous",
+       with_expert_parallel("  world_size: 2\n  rank: 0\n  placement: round_robin\n"
+                            "  hidden_size: 64\n"),
+       "bad.yaml:8:14: expert_parallel.placement: ", "contiguous (the default), or a list"},
+      {"placement an empty list",
+       with_expert_parallel("  world_size: 2\n  rank: 0\n  placement: []\n  hidden_size: 64\n"),
+       "bad.yaml:8:14: expert_parallel.placement: ", "contiguous (the default), or a list"},
+      {"expert_parallel hidden_size 0",
+       with_expert_parallel("  world_size: 2\n  rank: 0\n  hidden_size: 0\n"),
+       "bad.yaml:8:16: expert_parallel.hidden_size: ", "a positive multiple of 8 up to 1048576"},
+      {"expert_parallel bf16 row not a multiple of 16 bytes",
+       with_expert_parallel("  world_size: 2\n  rank: 0\n  hidden_size: 12\n"),
+       "bad.yaml:8:16: expert_parallel.hidden_size: ", "a positive multiple of 8"},
+      {"unknown hidden_type",
+       with_expert_parallel("  world_size: 2\n  rank: 0\n  hidden_size: 64\n  hidden_type: fp16\n"),
+       "bad.yaml:9:16: expert_parallel.hidden_type: ", "bf16 or float32"},
+      {"expert_parallel with an explicit expert_map",
+       base + "expert_map:\n  experts: [0, 1, 2, 3, -1, -1, -1, -1]\n"
+              "expert_parallel:\n  world_size: 2\n  rank: 0\n  hidden_size: 64\n",
+       "bad.yaml:6:3: expert_map: ", "no expert_map with expert_parallel"},
+      {"expert_parallel with a split expert_map",
+       base + "expert_map:\n  rank: 0\n  world_size: 2\n"
+              "expert_parallel:\n  world_size: 2\n  rank: 0\n  hidden_size: 64\n",
+       "bad.yaml:6:3: expert_map: ", "no expert_map with expert_parallel"},
+      {"expert_parallel with overflow eager",
+       base + "overflow: eager\n"
+              "expert_parallel:\n  world_size: 2\n  rank: 0\n  hidden_size: 64\n",
+       "bad.yaml:5:11: overflow: ", "error with expert_parallel"},
+      {"largest bucket times world_size over the capacity limit",
+       shape + "buckets: [1, 1048576]\n"
+               "expert_parallel:\n  world_size: 8\n  rank: 0\n  hidden_size: 64\n",
+       "bad.yaml:4:14: buckets[1]: ", "at most 1048544 for this num_experts"},
   };
   for (const Malformed& bad : cases) {
     SUBCASE(bad.kind) {

@@ -1,16 +1,23 @@
 // CPU suite for the host model of expert parallelism (tests/support/ep_model.hpp), the oracle of
 // expert_parallel_test: a worked example by hand, and the properties that make the decomposition
-// over ranks the same MoE as one GPU's.
+// over ranks the same MoE as one GPU's. Where moe_dispatch::ep is built, also the config it takes
+// from the YAML section expert_parallel (expert_parallel_config(); no GPU or NCCL call).
 #include <doctest/doctest.h>
 
 #include <cstdint>
+#include <optional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "moe_dispatch/align.hpp"
 #include "moe_dispatch/config.hpp"
+#include "moe_dispatch/errors.hpp"
 #include "support/ep_model.hpp"
 #include "support/gpu.hpp"
+#ifdef MOE_DISPATCH_TEST_EP_CONFIG
+#include "moe_dispatch/expert_parallel.hpp"
+#endif
 
 extern const bool kNeedsGpu;
 const bool kNeedsGpu = false;
@@ -157,3 +164,122 @@ TEST_CASE("the combine over ranks equals the single-GPU MoE result, for any plac
     }
   }
 }
+
+#ifdef MOE_DISPATCH_TEST_EP_CONFIG
+
+namespace {
+
+constexpr const char* kEpShape =
+    "num_experts: 16\n"
+    "top_k: 4\n"
+    "block_size: 32\n"
+    "buckets: [1, 8, 64]\n"
+    "pad_sorted_ids: true\n"
+    "device: 1\n"
+    "log: false\n";
+
+// The config of kEpShape written by hand, as before the YAML section existed.
+md::ExpertParallelConfig hand_built(int world_size, int rank, md::HiddenType type, int hidden_size,
+                                    const std::optional<md::ExpertPlacement>& placement) {
+  md::ExpertParallelConfig cfg;
+  cfg.stage.num_experts = 16;
+  cfg.stage.top_k = 4;
+  cfg.stage.block_size = 32;
+  cfg.stage.buckets = {1, 8, 64};
+  cfg.stage.pad_sorted_ids = true;
+  cfg.stage.device = 1;
+  cfg.stage.log = false;
+  cfg.world_size = world_size;
+  cfg.rank = rank;
+  cfg.placement = placement;
+  cfg.hidden_size = hidden_size;
+  cfg.hidden_type = type;
+  return cfg;
+}
+
+void check_same(const md::ExpertParallelConfig& a, const md::ExpertParallelConfig& b) {
+  CHECK(a.stage.num_experts == b.stage.num_experts);
+  CHECK(a.stage.top_k == b.stage.top_k);
+  CHECK(a.stage.block_size == b.stage.block_size);
+  CHECK(a.stage.buckets == b.stage.buckets);
+  CHECK(a.stage.pad_sorted_ids == b.stage.pad_sorted_ids);
+  CHECK(a.stage.overflow == b.stage.overflow);
+  CHECK(a.stage.capture == b.stage.capture);
+  CHECK(a.stage.device == b.stage.device);
+  CHECK(a.stage.log == b.stage.log);
+  CHECK(a.stage.expert_map.has_value() == b.stage.expert_map.has_value());
+  CHECK(a.stage.expert_parallel.has_value() == b.stage.expert_parallel.has_value());
+  CHECK(a.world_size == b.world_size);
+  CHECK(a.rank == b.rank);
+  REQUIRE(a.placement.has_value() == b.placement.has_value());
+  if (a.placement) CHECK(a.placement->owner == b.placement->owner);
+  CHECK(a.hidden_size == b.hidden_size);
+  CHECK(a.hidden_type == b.hidden_type);
+}
+
+}  // namespace
+
+TEST_CASE("expert_parallel_config of a parsed YAML equals the config built by hand") {
+  SUBCASE("contiguous placement") {
+    const md::DispatchConfig loaded =
+        md::parse_config(std::string(kEpShape) +
+                             "expert_parallel:\n  world_size: 4\n  rank: 1\n"
+                             "  placement: contiguous\n  hidden_size: 7168\n  hidden_type: bf16\n",
+                         "ep.yaml");
+    const md::ExpertParallelConfig ep = md::expert_parallel_config(loaded);
+    check_same(ep, hand_built(4, 1, md::HiddenType::kBFloat16, 7168, std::nullopt));
+    CHECK(md::placement_of(ep).owner == md::contiguous_placement(16, 4).owner);
+    CHECK_NOTHROW(md::validate(ep));
+  }
+  SUBCASE("explicit placement") {
+    const std::vector<std::int32_t> owner = {2, 2, 0, 1, 0, 1, 2, 0, 1, 1, 0, 2, 2, 1, 0, 0};
+    const md::DispatchConfig loaded =
+        md::parse_config(std::string(kEpShape) +
+                             "expert_parallel:\n  world_size: 3\n  rank: 2\n"
+                             "  placement: [2, 2, 0, 1, 0, 1, 2, 0, 1, 1, 0, 2, 2, 1, 0, 0]\n"
+                             "  hidden_size: 12\n  hidden_type: float32\n",
+                         "ep.yaml");
+    const md::ExpertParallelConfig ep = md::expert_parallel_config(loaded);
+    check_same(ep, hand_built(3, 2, md::HiddenType::kFloat32, 12, md::ExpertPlacement{owner}));
+    CHECK(md::local_expert_map(md::placement_of(ep), 2).global_to_local ==
+          std::vector<std::int32_t>{0, 1, -1, -1, -1, -1, 2, -1, -1, -1, -1, 3, 4, -1, -1, -1});
+  }
+}
+
+TEST_CASE("expert_parallel_config of a config without the section throws ConfigError") {
+  const md::DispatchConfig plain = md::parse_config(kEpShape, "plain.yaml");
+  try {
+    (void)md::expert_parallel_config(plain);
+    FAIL("no exception");
+  } catch (const md::ConfigError& e) {
+    CHECK(std::string(e.what()).starts_with("config: expert_parallel: "));
+  }
+}
+
+TEST_CASE("validate of an ExpertParallelConfig applies the rules of the YAML section") {
+  md::ExpertParallelConfig cfg = hand_built(2, 0, md::HiddenType::kBFloat16, 64, std::nullopt);
+  CHECK_NOTHROW(md::validate(cfg));
+  const auto message = [](const md::ExpertParallelConfig& c) -> std::string {
+    try {
+      md::validate(c);
+    } catch (const md::ConfigError& e) {
+      return e.what();
+    }
+    return "no exception";
+  };
+  SUBCASE("an owner rank out of range names the same key as the YAML") {
+    cfg.placement = md::ExpertPlacement{std::vector<std::int32_t>(16, 0)};
+    cfg.placement->owner[5] = 2;
+    CHECK(message(cfg).starts_with("config: expert_parallel.placement[5]: "));
+  }
+  SUBCASE("an empty owner list is not the contiguous placement") {
+    cfg.placement = md::ExpertPlacement{};
+    CHECK(message(cfg).starts_with("config: expert_parallel.placement: "));
+  }
+  SUBCASE("the stage may not carry a section of its own") {
+    cfg.stage.expert_parallel = md::ExpertParallelSection{2, 0, {}, 64, md::HiddenType::kBFloat16};
+    CHECK(message(cfg).starts_with("config: expert_parallel.stage.expert_parallel: "));
+  }
+}
+
+#endif  // MOE_DISPATCH_TEST_EP_CONFIG

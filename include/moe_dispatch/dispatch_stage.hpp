@@ -97,11 +97,13 @@ struct StageStats {
 
 class DispatchStage {
  public:
-  // Allocates and captures on config.device. `external_input`, when given, is the engine's own
-  // persistent topk_ids buffer (device memory on config.device, at least max_tokens * top_k
-  // int32 entries, alive as long as the stage); otherwise the stage owns one (see input()). The
-  // kernels load rows up to the bucket's capacity before the count is known and ignore rows past
-  // it, so initialize the whole buffer once (compute-sanitizer's initcheck flags unwritten rows).
+  // Allocates and captures on config.device. A config with an expert_parallel section is refused
+  // (ConfigError): that section configures ExpertParallelDispatch. `external_input`, when given, is
+  // the engine's own persistent topk_ids buffer (device memory on config.device, at least
+  // max_tokens * top_k int32 entries, alive as long as the stage); otherwise the stage owns one
+  // (see input()). The kernels load rows up to the bucket's capacity before the count is known and
+  // ignore rows past it, so initialize the whole buffer once (compute-sanitizer's initcheck flags
+  // unwritten rows).
   explicit DispatchStage(const DispatchConfig& config, std::int32_t* external_input = nullptr);
   ~DispatchStage();
   DispatchStage(DispatchStage&&) noexcept;

@@ -79,13 +79,7 @@ ncclUniqueId make_unique_id();
 // This process's rank of a communicator spanning processes (ncclCommInitRank) on `device`.
 NcclComm make_communicator(const ncclUniqueId& id, int world_size, int rank, int device);
 
-// Element type of hidden states and expert outputs.
-enum class HiddenType {
-  kFloat32,
-  kBFloat16,
-};
-
-std::size_t element_bytes(HiddenType type);
+// HiddenType and element_bytes() are in config.hpp (the YAML section expert_parallel names them).
 
 // Which rank owns each global expert.
 struct ExpertPlacement {
@@ -100,21 +94,29 @@ ExpertPlacement contiguous_placement(int num_experts, int world_size);
 // ascending global order; the others map to -1. Equals split_experts() for a contiguous placement.
 ExpertMap local_expert_map(const ExpertPlacement& placement, int rank);
 
+// The fields of ExpertParallelSection (config.hpp), with the placement as an ExpertPlacement.
 struct ExpertParallelConfig {
   // The model shape and runtime options: num_experts, top_k, block_size, pad_sorted_ids, device,
-  // log; buckets count tokens per rank. expert_map must be empty (the placement decides it) and
-  // overflow must be kError. The local DispatchStage gets buckets world_size * bucket (the most
-  // rows a rank can receive) and is always captured at construction.
+  // log; buckets count tokens per rank. expert_map and expert_parallel must be empty (the fields
+  // below decide them) and overflow must be kError. The local DispatchStage gets buckets
+  // world_size * bucket (the most rows a rank can receive) and is always captured at construction.
   DispatchConfig stage;
-  int world_size = 1;  // 1..32
+  int world_size = 1;  // 1..kMaxWorldSize
   int rank = 0;
   std::optional<ExpertPlacement> placement;  // empty: contiguous_placement(E, world_size)
   int hidden_size = 0;  // elements per hidden row; a row must be a multiple of 16 bytes
   HiddenType hidden_type = HiddenType::kBFloat16;
 };
 
-// Throws ConfigError ("config: expert_parallel.<key>: ...") when cfg breaks a rule.
+// Throws ConfigError when cfg breaks a rule: the rules of validate(const DispatchConfig&) for the
+// stage with this expert_parallel section ("config: expert_parallel.<key>: ...", "config:
+// overflow: ...", ...), written once in config.cpp.
 void validate(const ExpertParallelConfig& cfg);
+
+// The config of this rank from a loaded DispatchConfig and its expert_parallel section (stage is
+// cfg without the section; an empty section placement stays empty, i.e. contiguous). Validates.
+// Throws ConfigError ("config: expert_parallel: ...") when cfg has no section or breaks a rule.
+ExpertParallelConfig expert_parallel_config(const DispatchConfig& cfg);
 
 // cfg.placement, or the contiguous placement when it is empty.
 ExpertPlacement placement_of(const ExpertParallelConfig& cfg);

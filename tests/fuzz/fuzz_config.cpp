@@ -21,7 +21,17 @@ bool same_map(const moe_dispatch::ExpertMap& a, const moe_dispatch::ExpertMap& b
 }
 
 // DispatchConfig has no operator== (it is plain data that grows); every field is compared here.
+bool same_section(const moe_dispatch::ExpertParallelSection& a,
+                  const moe_dispatch::ExpertParallelSection& b) {
+  return a.world_size == b.world_size && a.rank == b.rank && a.placement == b.placement &&
+         a.hidden_size == b.hidden_size && a.hidden_type == b.hidden_type;
+}
+
 bool same_config(const moe_dispatch::DispatchConfig& a, const moe_dispatch::DispatchConfig& b) {
+  if (a.expert_parallel.has_value() != b.expert_parallel.has_value()) return false;
+  if (a.expert_parallel.has_value() && !same_section(*a.expert_parallel, *b.expert_parallel)) {
+    return false;
+  }
   if (a.expert_map.has_value() != b.expert_map.has_value()) return false;
   if (a.expert_map.has_value() && !same_map(*a.expert_map, *b.expert_map)) return false;
   return a.num_experts == b.num_experts && a.top_k == b.top_k && a.block_size == b.block_size &&
