@@ -297,6 +297,11 @@ TEST_CASE("bad arguments are rejected with a message and nothing is enqueued") {
   CHECK_THROWS_AS(md::DispatchStage{invalid}, md::ConfigError);
   std::int32_t host_value = 0;
   CHECK_THROWS_AS(md::DispatchStage(small_config(), &host_value), md::ArgumentError);
+  md::DispatchConfig with_ep = small_config();
+  with_ep.expert_parallel = md::ExpertParallelSection{};
+  with_ep.expert_parallel->hidden_size = 64;
+  md::validate(with_ep);  // valid as a config, but not for a single-rank stage
+  CHECK_THROWS_AS(md::DispatchStage{with_ep}, md::ConfigError);
 }
 
 TEST_CASE("an engine-registered input buffer is read in place") {
