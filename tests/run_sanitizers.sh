@@ -5,6 +5,7 @@
 set -u
 bin=${1:?usage: run_sanitizers.sh BIN_DIR [LOG_DIR]}
 logs=${2:-.}
+mkdir -p "$logs"
 export MOE_DISPATCH_SOURCE_DIR=${MOE_DISPATCH_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 # The full sweep is too slow under the sanitizers; these cases cover both variants, every output,
