@@ -182,6 +182,14 @@ struct DispatchStage::Impl {
     }
   }
 
+  // The graphs a run uses. Inside the caller's capture, a bucket not captured yet (lazy mode) is
+  // not captured now: capturing and instantiating while the caller's capture is open could
+  // invalidate it, so the run launches eagerly and the caller's graph records those kernels.
+  detail::BucketGraph* graphs_for(Bucket& bucket, const CallerCapture& capture) {
+    if (capture.active && !bucket.graphs) return nullptr;
+    return graphs_of(bucket);
+  }
+
   Bucket& bucket_of(int tokens) {
     const auto it = std::lower_bound(buckets.begin(), buckets.end(), tokens,
                                      [](const Bucket& b, int n) { return b.tokens < n; });
@@ -388,7 +396,7 @@ DispatchOutputs DispatchStage::run(int num_tokens, cudaStream_t stream) {
   }
 
   Bucket& bucket = s.bucket_of(num_tokens);
-  detail::BucketGraph* graphs = s.graphs_of(bucket);
+  detail::BucketGraph* graphs = s.graphs_for(bucket, capture);
   if (graphs == nullptr) {
     s.launch_eager(s.main, s.main_input(), bucket.plan, bucket.tokens, nullptr, num_tokens, stream);
     ++bucket.stats.eager_runs;
@@ -423,7 +431,7 @@ DispatchOutputs DispatchStage::run_device_count(const std::int32_t* d_num_tokens
   const CallerCapture capture = caller_capture(stream);
   s.check_stream(stream, capture);
   Bucket& bucket = s.bucket_of(max_tokens);
-  detail::BucketGraph* graphs = s.graphs_of(bucket);
+  detail::BucketGraph* graphs = s.graphs_for(bucket, capture);
   if (graphs == nullptr) {
     s.launch_eager(s.main, s.main_input(), bucket.plan, bucket.tokens, d_num_tokens, 0, stream);
     ++bucket.stats.eager_runs;

@@ -409,3 +409,37 @@ TEST_CASE("a bucket whose capture fails falls back to eager launches and stays e
   CHECK(stats.buckets[2].replays == 0);
   CHECK(stats.buckets[3].captured);  // 200 tokens: bucket 256 (of 1, 8, 64, 256) is unaffected
 }
+
+TEST_CASE(
+    "a lazy stage inside the caller's global capture records its kernels in the caller's graph") {
+  md::DispatchConfig cfg = small_config();
+  cfg.capture = md::CaptureMode::kLazy;
+  md::DispatchStage stage(cfg);
+  const md::Stream stream = md::make_stream();
+  std::mt19937 rng(13);
+  const auto ids = md::test::make_routing(Routing::kWithInvalid, 50, 2, 64, rng);
+  MOE_DISPATCH_CUDA_CHECK(
+      cudaMemcpy(stage.input(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+  const md::DispatchOutputs probe = stage.run(3, stream.get());  // captures bucket 8 only
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal));
+  const md::DispatchOutputs inside = stage.run(50, stream.get());  // bucket 64: not captured
+  cudaGraph_t captured = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &captured));
+  md::Graph graph(captured);
+  CHECK_FALSE(inside.replayed);
+  CHECK(stage.stats().buckets[2].captures == 0);
+  cudaGraphExec_t exec_raw = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
+  md::GraphExec exec(exec_raw);
+  poison(probe, stream.get());
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream.get()));
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+  const std::string diff =
+      md::test::compare(md::align_reference(ids, md::shape_of(stage.config())), fetch(inside), 50);
+  CHECK_MESSAGE(diff.empty(), diff);
+  // Outside the capture the bucket is captured on its first run as usual.
+  CHECK(run_and_compare(stage, ids, stream.get()).empty());
+  CHECK(stage.stats().buckets[2].captures == 1);
+}

@@ -21,7 +21,8 @@
 //   device (checked; ArgumentError otherwise).
 // - Inside the caller's stream capture, run() adds the bucket's graph to the caller's graph as a
 //   child node with the count fixed to the value passed, so an engine that captures its whole
-//   forward pass gets the dispatch inside its graph.
+//   forward pass gets the dispatch inside its graph. A bucket not yet captured (CaptureMode::kLazy)
+//   is not captured during the caller's capture: its kernels are launched into it instead.
 // - Errors: ArgumentError for bad arguments (nothing is enqueued), CudaError for a failed CUDA call
 //   (the message names the call, file and line). After a CudaError that is sticky
 //   (CudaError::sticky()), the CUDA context and this stage are unusable; after any other, the
