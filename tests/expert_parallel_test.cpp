@@ -314,6 +314,34 @@ void poison_local(const md::EpDispatchOutputs& out) {
   sync_device();
 }
 
+// One dispatch, by graph replay or phase by phase.
+md::EpDispatchOutputs dispatch_step(md::ExpertParallelDispatch& ep, bool graphs, int num_tokens,
+                                    int step_max, cudaStream_t stream) {
+  if (graphs) return ep.dispatch(num_tokens, step_max, stream);
+  ep.pack(num_tokens, step_max, stream);
+  ep.exchange_dispatch(stream);
+  return ep.unpack(stream);
+}
+
+// The first dispatch shows where the local outputs live; poison them and dispatch again, so the
+// checks see only what the second one wrote. Every rank does the same (the exchange is collective).
+md::EpDispatchOutputs poisoned_dispatch(md::ExpertParallelDispatch& ep, bool graphs, int num_tokens,
+                                        int step_max, cudaStream_t stream) {
+  poison_local(dispatch_step(ep, graphs, num_tokens, step_max, stream));
+  return dispatch_step(ep, graphs, num_tokens, step_max, stream);
+}
+
+// One combine, by graph replay or phase by phase.
+void combine_step(md::ExpertParallelDispatch& ep, bool graphs, cudaStream_t stream) {
+  if (graphs) {
+    ep.combine(stream);
+    return;
+  }
+  ep.reduce(stream);
+  ep.exchange_combine(stream);
+  ep.gather(stream);
+}
+
 std::string check_received(md::ExpertParallelDispatch& ep, const md::EpDispatchOutputs& out,
                            const EpShape& s, const std::vector<EpRankInput>& inputs, int p) {
   sync_device();
@@ -438,28 +466,14 @@ TEST_CASE("one rank over a 1-rank NCCL communicator: dispatch and combine graphs
         const EpRankInput in = random_input(n, Routing::kWithInvalid, rng);
         write_input(ep, in);
         mark_output(ep);
-        auto dispatch = [&] {
-          if (graphs) return ep.dispatch(n, step_max, stream.get());
-          ep.pack(n, step_max, stream.get());
-          ep.exchange_dispatch(stream.get());
-          return ep.unpack(stream.get());
-        };
-        // The first dispatch shows where the local outputs live; poison them and dispatch again.
-        poison_local(dispatch());
-        const md::EpDispatchOutputs out = dispatch();
+        const md::EpDispatchOutputs out = poisoned_dispatch(ep, graphs, n, step_max, stream.get());
         INFO(name_of(type) << " graphs=" << graphs << " tokens=" << n << " step_max=" << step_max);
         CHECK(out.replayed == graphs);
         CHECK(out.bucket == ep.bucket_for(step_max));
         const std::string received = check_received(ep, out, s, {in}, 0);
         CHECK_MESSAGE(received.empty(), received);
         run_host_experts(ep, out, scale);
-        if (graphs) {
-          ep.combine(stream.get());
-        } else {
-          ep.reduce(stream.get());
-          ep.exchange_combine(stream.get());
-          ep.gather(stream.get());
-        }
+        combine_step(ep, graphs, stream.get());
         const std::string combined = check_combined(ep, s, in, scale, out.bucket);
         CHECK_MESSAGE(combined.empty(), combined);
       }
@@ -585,23 +599,11 @@ std::string run_rank(int world, int rank, ncclComm_t comm, md::HiddenType type,
       write_input(ep, in);
       mark_output(ep);
       const bool graphs = i % 2 == 0;
-      md::EpDispatchOutputs out;
-      if (graphs) {
-        out = ep.dispatch(in.num_tokens, steps[i].step_max, stream.get());
-      } else {
-        ep.pack(in.num_tokens, steps[i].step_max, stream.get());
-        ep.exchange_dispatch(stream.get());
-        out = ep.unpack(stream.get());
-      }
+      const md::EpDispatchOutputs out =
+          poisoned_dispatch(ep, graphs, in.num_tokens, steps[i].step_max, stream.get());
       std::string diff = check_received(ep, out, s, steps[i].inputs, rank);
       run_host_experts(ep, out, scale);
-      if (graphs) {
-        ep.combine(stream.get());
-      } else {
-        ep.reduce(stream.get());
-        ep.exchange_combine(stream.get());
-        ep.gather(stream.get());
-      }
+      combine_step(ep, graphs, stream.get());
       if (diff.empty()) diff = check_combined(ep, s, in, scale, out.bucket);
       if (!diff.empty() && first.empty()) {
         first = "step " + std::to_string(i) + " (graphs " + std::to_string(graphs) + "): " + diff;
