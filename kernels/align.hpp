@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "kernels/fast_divisor.hpp"
+
 namespace moe_dispatch::kernels {
 
 // Everything one alignment reads and writes. Device pointers unless stated.
@@ -29,6 +31,9 @@ struct AlignParams {
   int max_tokens = 0;  // capacity of this launch; a device count above it is clamped and flagged
   bool pad_sorted_ids = false;
   bool map_after = false;  // ExpertMapMode::kMapAfter (expert_map applied to expert_ids only)
+  // Derived by launch_align from the fields above and the plan; callers leave them as they are.
+  FastDivisor block_div;  // divides by block_size
+  int grid = 0;           // blocks of the plan (the large variant's per-block scratch columns)
 };
 
 enum class AlignVariant {

@@ -1,5 +1,5 @@
 // Device building blocks shared by the alignment variants: reading the count, ranking a warp's
-// slots stably, the padded scan, expert_ids and the sentinel fill.
+// slots stably, the segment scan, expert_ids and the sentinel fill.
 #pragma once
 
 #include <cub/block/block_scan.cuh>
@@ -18,8 +18,9 @@ inline constexpr int kCounterInvalid = 0;
 inline constexpr int kCounterClamped = 1;
 inline constexpr int kCounterTokens = 2;
 
-__device__ __forceinline__ int padded(int count, int block) {
-  return (count + block - 1) / block * block;
+// Blocks of B entries a segment of `count` slots takes.
+__device__ __forceinline__ int segment_blocks(const AlignParams& p, int count) {
+  return divide(count + p.block_size - 1, p.block_div);
 }
 
 // The token count this launch aligns (first kernel of a launch): the device value or the host
@@ -40,7 +41,7 @@ __device__ __forceinline__ void write_count_counters(const AlignParams& p, int n
 // Entries of sorted_token_ids defined for numel slots (int: at most 2^24 + 4096 * 1023).
 __device__ __forceinline__ int sorted_extent(const AlignParams& p, int numel) {
   const int cap = numel + p.num_experts * (p.block_size - 1);
-  return p.pad_sorted_ids ? (cap + p.block_size - 1) / p.block_size * p.block_size : cap;
+  return p.pad_sorted_ids ? segment_blocks(p, cap) * p.block_size : cap;
 }
 
 // One warp's slots in registers: the expert each slot is counted under (-1: skipped) and its rank
@@ -120,123 +121,170 @@ __device__ __forceinline__ int rank_warp_slots(const AlignParams& p, std::int64_
   return invalid;
 }
 
-// Zeroes this warp's row of `num_experts` 16-bit counters.
+// Zeroes this warp's row of `num_experts` 16-bit counters, two per 32-bit store (rows start
+// 4-byte aligned, and the row stride leaves room past an odd count).
 __device__ __forceinline__ void zero_warp_row(std::uint16_t* row, int num_experts) {
-  for (int e = threadIdx.x % kWarp; e < num_experts; e += kWarp) row[e] = 0;
+  auto* words = reinterpret_cast<std::uint32_t*>(row);
+  const int num_words = (num_experts + 1) >> 1;
+#pragma unroll 1
+  for (int i = threadIdx.x % kWarp; i < num_words; i += kWarp) words[i] = 0;
   __syncwarp();
 }
 
-// rows[w][e] -> exclusive prefix over warps w; writes totals[e] when non-null. A thread per
-// expert walks the warps (measured faster than a warp-per-expert shuffle scan, which serializes
-// E / warps experts per warp when the block has few warps). Call after a barrier that follows every
-// warp's rank_warp_slots; rows are row_stride(E) apart.
-__device__ __forceinline__ void warp_rows_to_prefix(std::uint16_t* rows, int num_warps,
-                                                    int num_experts, int* totals) {
+// rows[w][e] -> exclusive prefix over the kWarps warps w, for experts e = begin, begin + step,
+// ... < end; writes totals[e] when non-null. A thread per expert walks the warps (measured faster
+// than a warp-per-expert shuffle scan, which serializes E / warps experts per warp when the block
+// has few warps), with all of an expert's loads issued before its stores. Call after a barrier
+// that follows every warp's rank_warp_slots; rows are row_stride(E) apart.
+template <int kWarps>
+__device__ __forceinline__ void warp_rows_to_prefix(std::uint16_t* rows, int num_experts, int begin,
+                                                    int end, int step, int* totals) {
   const int stride = row_stride(num_experts);
-  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
+#pragma unroll 1
+  for (int e = begin; e < end; e += step) {
+    int counts[kWarps];
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) counts[w] = rows[w * stride + e];
     int run = 0;
-#pragma unroll 8
-    for (int w = 0; w < num_warps; ++w) {
-      const int c = rows[w * stride + e];
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
       rows[w * stride + e] = static_cast<std::uint16_t>(run);
-      run += c;
+      run += counts[w];
     }
     if (totals != nullptr) totals[e] = run;
   }
 }
 
-// Exclusive scan of the padded counts over experts, with kThreads threads each owning a run of
-// consecutive experts. Writes offsets[e] (shared) and returns num_tokens_post_pad in every thread.
-// Warp scans plus one combine: measured cheaper than CUB's default raking scan for these sizes.
+// The run of consecutive experts [first, last) a thread owns in the segment scan: each of the
+// kThreads threads takes ceil(E / kThreads) of them.
+template <int kThreads>
+struct ExpertRun {
+  int first;
+  int last;
+  __device__ explicit ExpertRun(int num_experts) {
+    const int per_thread = (num_experts + kThreads - 1) / kThreads;
+    first = min(static_cast<int>(threadIdx.x) * per_thread, num_experts);
+    last = min(first + per_thread, num_experts);
+  }
+};
+
+// Block-wide scan: warp scans plus one combine (CUB BLOCK_SCAN_WARP_SCANS), measured cheaper than
+// CUB's default raking scan for these sizes.
 template <int kThreads>
 using BlockScanInt = cub::BlockScan<int, kThreads, cub::BLOCK_SCAN_WARP_SCANS>;
 template <int kThreads>
 using ScanStorage = typename BlockScanInt<kThreads>::TempStorage;
 
+// Exclusive scan of the segments' sizes in blocks: starts[e] = the first block of expert e's
+// segment, for the experts of this thread's run (whose counts[e] this thread wrote). Scanning
+// blocks rather than padded entries keeps one division per expert. Returns the blocks of all
+// segments (num_tokens_post_pad / B) in every thread; contains a barrier.
 template <int kThreads>
-__device__ __forceinline__ int scan_padded_offsets(const int* counts, int* offsets, int num_experts,
-                                                   int block, ScanStorage<kThreads>& temp) {
-  const int per_thread = (num_experts + kThreads - 1) / kThreads;
-  const int first = threadIdx.x * per_thread;
-  const int last = min(first + per_thread, num_experts);
+__device__ __forceinline__ int scan_segment_starts(const AlignParams& p,
+                                                   const ExpertRun<kThreads>& run,
+                                                   const int* counts, int* starts,
+                                                   ScanStorage<kThreads>& temp) {
   int local = 0;
-  for (int e = first; e < last; ++e) local += padded(counts[e], block);
-  int run = 0;
+  for (int e = run.first; e < run.last; ++e) local += segment_blocks(p, counts[e]);
+  int next = 0;
   int total = 0;
-  BlockScanInt<kThreads>(temp).ExclusiveSum(local, run, total);
-  for (int e = first; e < last; ++e) {
-    offsets[e] = run;
-    run += padded(counts[e], block);
+  BlockScanInt<kThreads>(temp).ExclusiveSum(local, next, total);
+  for (int e = run.first; e < run.last; ++e) {
+    starts[e] = next;
+    next += segment_blocks(p, counts[e]);
   }
   return total;
 }
 
-// expert_ids over expert_ids_capacity(numel) blocks: the owner of each block below post_pad
-// (found by binary search over the offsets), -1 after. Spread over all threads of the grid.
-__device__ __forceinline__ void write_expert_ids(const AlignParams& p, const int* offsets,
-                                                 int post_pad, int numel) {
-  const int block = p.block_size;
-  const int blocks = (sorted_extent(p, numel) + block - 1) / block;
-  for (int j = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); j < blocks;
-       j += static_cast<int>(gridDim.x * blockDim.x)) {
-    int owner = -1;
-    const int start = j * block;
-    if (start < post_pad) {
-      // The owner is the last expert whose segment starts at or before `start`: experts after it
-      // start later, and empty experts before it share an earlier start.
-      int lo = 0;
-      int hi = p.num_experts;
-      while (hi - lo > 1) {
-        const int mid = (lo + hi) / 2;
-        if (offsets[mid] <= start) {
-          lo = mid;
-        } else {
-          hi = mid;
-        }
-      }
-      owner = (p.expert_map != nullptr && p.map_after) ? __ldg(p.expert_map + lo) : lo;
-    }
-    p.expert_ids[j] = owner;
-  }
-}
-
-// value into out[begin, end), spread over `threads` threads with 16-byte stores where aligned.
+// value into out[begin, end), spread over `threads` threads: 16-byte stores for the aligned quads
+// inside the range when `out` is 16-byte aligned, and the up to 3 entries before and after them
+// by threads 0..2. The quad loop is kept rolled: a thread makes few trips, and an unrolled strided
+// loop computes its trip count with a division.
 __device__ __forceinline__ void fill_range(std::int32_t* out, int begin, int end,
                                            std::int32_t value, int thread, int threads) {
-  if (begin >= end) return;
-  const int vec_begin = min((begin + 3) / 4 * 4, end);
-  const int vec_end = max(end / 4 * 4, vec_begin);
-  for (int i = begin + thread; i < vec_begin; i += threads) out[i] = value;
-  const int4 v = make_int4(value, value, value, value);
-  int4* vec = reinterpret_cast<int4*>(out + vec_begin);
-  const int vec_count = (vec_end - vec_begin) / 4;
-  for (int i = thread; i < vec_count; i += threads) vec[i] = v;
-  for (int i = vec_end + thread; i < end; i += threads) out[i] = value;
-}
-
-// Sentinel in each expert's padding, [offset + count, offset + padded(count)): a group of lanes
-// per expert, sized to B (at most B / 8 entries per lane), groups spread over the grid. Measured on
-// decode steps at E = 256: a warp per expert serialized E / warps experts per warp (~0.8 us), a
-// thread per expert issued up to B scattered stores per thread (3x slower at E = 1024).
-__device__ __forceinline__ void fill_segment_padding(const AlignParams& p, const int* offsets,
-                                                     const int* counts, int numel) {
-  int group = 1;
-  while (group < kWarp && group * 8 < p.block_size) group *= 2;
-  const int member = static_cast<int>(threadIdx.x) % group;
-  const int groups = static_cast<int>(gridDim.x * blockDim.x) / group;
-  for (int e = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x) / group; e < p.num_experts;
-       e += groups) {
-    const int begin = offsets[e] + counts[e];
-    const int end = offsets[e] + padded(counts[e], p.block_size);
-    for (int i = begin + member; i < end; i += group) p.sorted_token_ids[i] = numel;
+  if ((reinterpret_cast<std::uintptr_t>(out) & 15u) != 0) {
+#pragma unroll 1
+    for (int i = begin + thread; i < end; i += threads) out[i] = value;
+    return;
   }
+  const int vec_begin = min((begin + 3) & ~3, end);
+  const int vec_end = max(end & ~3, vec_begin);
+  if (thread < vec_begin - begin) out[begin + thread] = value;
+  if (thread < end - vec_end) out[vec_end + thread] = value;
+  const int4 quad = make_int4(value, value, value, value);
+  int4* quads = reinterpret_cast<int4*>(out);
+  const int end_quad = vec_end >> 2;
+#pragma unroll 1
+  for (int q = (vec_begin >> 2) + thread; q < end_quad; q += threads) quads[q] = quad;
 }
 
-// The sentinel from post_pad to the end of the extent, spread over all threads of the grid.
-__device__ __forceinline__ void fill_tail(const AlignParams& p, int post_pad, int numel) {
-  fill_range(p.sorted_token_ids, post_pad, sorted_extent(p, numel), numel,
-             static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x),
-             static_cast<int>(gridDim.x * blockDim.x));
+// What lies past the used blocks: -1 in expert_ids and the sentinel in sorted_token_ids, up to
+// the extent defined for numel slots. Most of it is known before any id is read: at most
+// min(numel, E) experts take blocks, so the used entries never pass
+// numel + min(numel, E) * (B - 1). The part past that bound is written as soon as the count is
+// known (while the ids are still loading), the rest once the used blocks are known. Both parts are
+// spread over all threads of the grid.
+struct UnusedTail {
+  int bound_blocks;   // the used blocks never exceed this many
+  int extent;         // entries of sorted_token_ids defined for numel slots
+  int extent_blocks;  // entries of expert_ids defined for numel slots
+
+  __device__ UnusedTail(const AlignParams& p, int numel) {
+    extent = sorted_extent(p, numel);
+    const int bound = min(extent, numel + min(numel, p.num_experts) * (p.block_size - 1));
+    bound_blocks = divide(bound, p.block_div);
+    extent_blocks = segment_blocks(p, extent);
+  }
+
+  // The part past the bound; call before the ids are needed.
+  __device__ void fill_early(const AlignParams& p, int numel) const {
+    fill(p, bound_blocks, extent_blocks, bound_blocks * p.block_size, extent, numel);
+  }
+  // From the used blocks to the bound.
+  __device__ void fill_late(const AlignParams& p, int used_blocks, int numel) const {
+    fill(p, used_blocks, bound_blocks, used_blocks * p.block_size, bound_blocks * p.block_size,
+         numel);
+  }
+
+ private:
+  __device__ static void fill(const AlignParams& p, int first_block, int end_block, int first_entry,
+                              int end_entry, int numel) {
+    const int thread = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+    const int threads = static_cast<int>(gridDim.x * blockDim.x);
+    fill_range(p.expert_ids, first_block, end_block, -1, thread, threads);
+    fill_range(p.sorted_token_ids, first_entry, end_entry, numel, thread, threads);
+  }
+};
+
+// Each expert's blocks in expert_ids and the sentinel in its padding,
+// [start * B + count, (start + blocks) * B): a group of lanes per expert, sized to B (at most B / 8
+// padding entries per lane), groups spread over the grid. Measured on decode steps at E = 256: a
+// warp per expert serialized E / warps experts per warp (~0.8 us), a thread per expert issued up
+// to B scattered stores per thread (3x slower at E = 1024). Empty experts take no blocks. Call
+// after the barrier that follows scan_segment_starts.
+__device__ __forceinline__ void write_segments(const AlignParams& p, const int* starts,
+                                               const int* counts, int numel) {
+  const int lanes_wanted = (p.block_size + 7) >> 3;
+  const int group_shift = lanes_wanted <= 1 ? 0 : min(5, 32 - __clz(lanes_wanted - 1));
+  const int group = 1 << group_shift;
+  const int thread = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  const int member = thread & (group - 1);
+  const int groups = static_cast<int>(gridDim.x * blockDim.x) >> group_shift;
+#pragma unroll 1
+  for (int e = thread >> group_shift; e < p.num_experts; e += groups) {
+    const int count = counts[e];
+    if (count == 0) continue;
+    const int start = starts[e];
+    const int blocks = segment_blocks(p, count);
+    const int owner = (p.expert_map != nullptr && p.map_after) ? __ldg(p.expert_map + e) : e;
+#pragma unroll 1
+    for (int b = member; b < blocks; b += group) p.expert_ids[start + b] = owner;
+    const int end = (start + blocks) * p.block_size;
+#pragma unroll 1
+    for (int i = start * p.block_size + count + member; i < end; i += group) {
+      p.sorted_token_ids[i] = numel;
+    }
+  }
 }
 
 // Lets `kernel` use up to the device's opt-in maximum of dynamic shared memory when `bytes` needs

@@ -4,11 +4,13 @@
 //            clearing between runs; unused columns are never read).
 //   prefix:  a warp per expert row turns hist[e][*] into exclusive prefixes over blocks, with all
 //            of a row's loads in flight before the scan, and writes the expert's total.
-//   scatter: every block scans the padded totals itself (E values: cheaper than another node),
-//            re-ranks its chunk and writes slot s of expert e to
-//            offset[e] + (slots of e in earlier blocks) + (in earlier warps) + (earlier in its
+//   scatter: every block scans the totals' segment sizes itself (E values: cheaper than another
+//            node), re-ranks its chunk and writes slot s of expert e to
+//            start[e] * B + (slots of e in earlier blocks) + (in earlier warps) + (earlier in its
 //            warp), so the order within a segment is ascending and identical run to run;
 //            expert_ids, the padding and the tail are spread over the whole grid.
+// The prefix and scatter kernels are programmatic dependent launches: the scatter kernel loads and
+// ranks its chunk while the count and prefix kernels still run.
 #include "kernels/align.hpp"
 #include "kernels/align_device.cuh"
 #include "kernels/align_variants.hpp"
@@ -29,14 +31,12 @@ constexpr int kLargeWarps = kLargeThreads / kWarp;
 constexpr int kPrefixThreads = 256;
 constexpr int kPrefixBatch = 8;  // 32-block chunks of a row loaded before scanning them
 
-__host__ __device__ constexpr int large_items(std::int64_t max_numel) {
+constexpr int large_items(std::int64_t max_numel) {
   return max_numel <= kFewItemsMaxNumel ? kFewItems : kManyItems;
 }
 // Slots per block.
-__host__ __device__ constexpr int large_chunk(std::int64_t max_numel) {
-  return kLargeThreads * large_items(max_numel);
-}
-__host__ __device__ constexpr int large_grid(std::int64_t max_numel) {
+constexpr int large_chunk(std::int64_t max_numel) { return kLargeThreads * large_items(max_numel); }
+constexpr int large_grid(std::int64_t max_numel) {
   const int chunk = large_chunk(max_numel);
   return max_numel <= chunk ? 1 : static_cast<int>((max_numel + chunk - 1) / chunk);
 }
@@ -45,13 +45,26 @@ __host__ __device__ constexpr int large_grid(std::int64_t max_numel) {
 // Derived from the parameters alone, so every kernel takes AlignParams as its only argument.
 struct LargeLayout {
   int grid;
-  __device__ explicit LargeLayout(const AlignParams& p)
-      : grid(large_grid(static_cast<std::int64_t>(p.max_tokens) * p.top_k)) {}
+  __device__ explicit LargeLayout(const AlignParams& p) : grid(p.grid) {}
   __device__ int* hist(const AlignParams& p) const { return p.scratch; }
   __device__ int* totals(const AlignParams& p) const {
     return p.scratch + static_cast<std::int64_t>(p.num_experts + 1) * grid;
   }
 };
+
+// Programmatic dependent launch (Hopper): the prefix and scatter kernels are launched while the
+// kernel before them still runs, do what does not depend on it, then wait for it to complete (and
+// its writes to be visible). Each kernel lets its dependent launch as soon as it starts.
+__device__ __forceinline__ void let_dependent_launch() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
 
 // The count of this launch, as the count kernel wrote it.
 __device__ __forceinline__ int launch_count(const AlignParams& p) {
@@ -66,6 +79,7 @@ __global__ void __launch_bounds__(kThreads) align_count_kernel(const AlignParams
   auto* rows = reinterpret_cast<std::uint16_t*>(shared_raw);
   __shared__ int warp_invalid[kWarps];
 
+  let_dependent_launch();
   const int warp = threadIdx.x / kWarp;
   const std::int64_t block_first = static_cast<std::int64_t>(blockIdx.x) * kThreads * kItems;
   const std::int64_t first = block_first + static_cast<std::int64_t>(warp) * kWarp * kItems;
@@ -97,11 +111,14 @@ __global__ void __launch_bounds__(kThreads) align_count_kernel(const AlignParams
   }
 }
 
+template <int kItems>
 __global__ void __launch_bounds__(kPrefixThreads) align_prefix_kernel(const AlignParams p) {
+  constexpr int kChunk = kLargeThreads * kItems;
+  let_dependent_launch();
+  wait_for_previous_kernel();
   const LargeLayout layout(p);
   const int numel = launch_count(p) * p.top_k;
-  const int chunk = large_chunk(static_cast<std::int64_t>(p.max_tokens) * p.top_k);
-  const int used = (numel + chunk - 1) / chunk;
+  const int used = (numel + kChunk - 1) / kChunk;
   const int lane = threadIdx.x % kWarp;
   const int e = static_cast<int>(blockIdx.x) * (kPrefixThreads / kWarp) +
                 static_cast<int>(threadIdx.x / kWarp);
@@ -132,15 +149,15 @@ __global__ void __launch_bounds__(kPrefixThreads) align_prefix_kernel(const Alig
   if (lane == 0) layout.totals(p)[e] = carry;
 }
 
-// Shared memory: counts[E], offsets[E], base[E] (int32), then one row of counters per warp.
+// Shared memory: counts[E], starts[E], base[E] (int32), then one row of counters per warp.
 template <int kThreads, int kItems>
 __global__ void __launch_bounds__(kThreads) align_scatter_kernel(const AlignParams p) {
   constexpr int kWarps = kThreads / kWarp;
   const LargeLayout layout(p);
   extern __shared__ int4 shared_raw[];
   int* counts = reinterpret_cast<int*>(shared_raw);
-  int* offsets = counts + p.num_experts;
-  int* base = offsets + p.num_experts;
+  int* starts = counts + p.num_experts;
+  int* base = starts + p.num_experts;
   auto* rows = reinterpret_cast<std::uint16_t*>(base + p.num_experts);
   __shared__ ScanStorage<kThreads> scan_temp;
 
@@ -148,47 +165,58 @@ __global__ void __launch_bounds__(kThreads) align_scatter_kernel(const AlignPara
   const int lane = threadIdx.x % kWarp;
   const std::int64_t block_first = static_cast<std::int64_t>(blockIdx.x) * kThreads * kItems;
   const std::int64_t first = block_first + static_cast<std::int64_t>(warp) * kWarp * kItems;
+  const int capacity_numel = p.max_tokens * p.top_k;
   int ids[kItems];
-  load_ids<kItems>(p, first, static_cast<std::int64_t>(p.max_tokens) * p.top_k, ids);
+  load_ids<kItems>(p, first, capacity_numel, ids);
+
+  // While the count and prefix kernels run: rank the chunk's slots up to the capacity. A slot's
+  // rank depends only on the slots before it, so the ranks of the slots below the count are exact
+  // whatever lies past it (those slots are never scattered).
+  std::uint16_t* row = rows + warp * row_stride(p.num_experts);
+  zero_warp_row(row, p.num_experts);
+  WarpSlots<kItems> slots;
+  rank_warp_slots<kItems>(p, first, capacity_numel, ids, row, slots);
+  wait_for_previous_kernel();
+
   const int numel = launch_count(p) * p.top_k;
+  const UnusedTail tail(p, numel);
+  tail.fill_early(p, numel);
   const bool used = block_first < numel;
   const int* totals = layout.totals(p);
   const int* hist = layout.hist(p) + blockIdx.x;
 
-  for (int e = threadIdx.x; e < p.num_experts; e += kThreads) {
-    counts[e] = totals[e];
-    if (used) base[e] = hist[static_cast<std::int64_t>(e) * layout.grid];
-  }
-  WarpSlots<kItems> slots;
+  // counts[e] for this thread's run of the segment scan; base[e] (slots of e in earlier blocks).
+  const ExpertRun<kThreads> run(p.num_experts);
+  for (int e = run.first; e < run.last; ++e) counts[e] = totals[e];
   if (used) {
-    std::uint16_t* row = rows + warp * row_stride(p.num_experts);
-    zero_warp_row(row, p.num_experts);
-    rank_warp_slots<kItems>(p, first, numel, ids, row, slots);
+    for (int e = threadIdx.x; e < p.num_experts; e += kThreads) {
+      base[e] = hist[static_cast<std::int64_t>(e) * layout.grid];
+    }
   }
-  __syncthreads();  // counts, base and rows complete
-  const int post_pad =
-      scan_padded_offsets<kThreads>(counts, offsets, p.num_experts, p.block_size, scan_temp);
-  if (used) warp_rows_to_prefix(rows, kWarps, p.num_experts, nullptr);
-  __syncthreads();  // offsets and warp prefixes complete
-
+  __syncthreads();  // base and rows complete
+  if (used) {
+    warp_rows_to_prefix<kWarps>(rows, p.num_experts, threadIdx.x, p.num_experts, kThreads, nullptr);
+  }
+  const int used_blocks = scan_segment_starts<kThreads>(p, run, counts, starts, scan_temp);
   if (blockIdx.x == 0 && threadIdx.x == 0) {
-    *p.num_tokens_post_pad = post_pad;
+    *p.num_tokens_post_pad = used_blocks * p.block_size;
     p.counters[kCounterInvalid] = totals[p.num_experts];
   }
+  tail.fill_late(p, used_blocks, numel);
+  __syncthreads();  // starts, counts and warp prefixes complete
+
   if (used) {
 #pragma unroll
     for (int j = 0; j < kItems; ++j) {
       const int e = slots.expert[j];
-      if (e >= 0) {
-        const int pos =
-            offsets[e] + base[e] + rows[warp * row_stride(p.num_experts) + e] + slots.rank[j];
+      if (e >= 0 && first + j * kWarp + lane < numel) {
+        const int pos = starts[e] * p.block_size + base[e] +
+                        rows[warp * row_stride(p.num_experts) + e] + slots.rank[j];
         p.sorted_token_ids[pos] = static_cast<int>(first) + j * kWarp + lane;
       }
     }
   }
-  write_expert_ids(p, offsets, post_pad, numel);
-  fill_segment_padding(p, offsets, counts, numel);
-  fill_tail(p, post_pad, numel);
+  write_segments(p, starts, counts, numel);
 }
 
 std::size_t rows_bytes(int num_experts) {
@@ -196,6 +224,26 @@ std::size_t rows_bytes(int num_experts) {
 }
 std::size_t scatter_shared_bytes(int num_experts) {
   return rows_bytes(num_experts) + 3 * sizeof(int) * static_cast<std::size_t>(num_experts);
+}
+
+// Launches `kernel` as a programmatic dependent of the previous kernel on `stream` (captured as
+// a programmatic edge inside stream capture); the kernel waits for it with
+// wait_for_previous_kernel().
+cudaError_t launch_dependent(void (*kernel)(AlignParams), int grid, int threads,
+                             std::size_t shared_bytes, const AlignParams& params,
+                             cudaStream_t stream) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(grid));
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = shared_bytes;
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  const cudaError_t status = cudaLaunchKernelEx(&config, kernel, params);
+  return status != cudaSuccess ? status : cudaGetLastError();
 }
 
 template <int kItems>
@@ -211,10 +259,10 @@ cudaError_t launch_large(const AlignParams& params, const AlignPlan& plan, cudaS
   const int prefix_grid = (params.num_experts + 1 + prefix_warps - 1) / prefix_warps;
   count<<<plan.grid, kLargeThreads, count_bytes, stream>>>(params);
   if ((status = cudaGetLastError()) != cudaSuccess) return status;
-  align_prefix_kernel<<<prefix_grid, kPrefixThreads, 0, stream>>>(params);
-  if ((status = cudaGetLastError()) != cudaSuccess) return status;
-  scatter<<<plan.grid, kLargeThreads, plan.shared_bytes, stream>>>(params);
-  return cudaGetLastError();
+  status =
+      launch_dependent(align_prefix_kernel<kItems>, prefix_grid, kPrefixThreads, 0, params, stream);
+  if (status != cudaSuccess) return status;
+  return launch_dependent(scatter, plan.grid, kLargeThreads, plan.shared_bytes, params, stream);
 }
 
 }  // namespace

@@ -27,8 +27,12 @@ std::size_t align_scratch_ints(const AlignPlan& plan, int num_experts) {
 }
 
 cudaError_t launch_align(const AlignParams& params, const AlignPlan& plan, cudaStream_t stream) {
-  return plan.variant == AlignVariant::kSmall ? launch_align_small(params, plan, stream)
-                                              : launch_align_large(params, plan, stream);
+  if (params.block_size < 1) return cudaErrorInvalidValue;
+  AlignParams p = params;
+  p.block_div = make_divisor(static_cast<std::uint32_t>(params.block_size));
+  p.grid = plan.grid;
+  return plan.variant == AlignVariant::kSmall ? launch_align_small(p, plan, stream)
+                                              : launch_align_large(p, plan, stream);
 }
 
 }  // namespace moe_dispatch::kernels

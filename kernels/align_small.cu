@@ -14,14 +14,15 @@
 namespace moe_dispatch::kernels {
 namespace {
 
-// Shared memory: counts[E], offsets[E] (int32), then one row of 16-bit counters per warp.
+// Shared memory: counts[E], starts[E] (int32), then one row of 16-bit counters per warp.
+// Barriers: rows complete -> (segment scan's own) -> segment starts complete.
 template <int kThreads, int kItems>
 __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams p) {
   constexpr int kWarps = kThreads / kWarp;
   extern __shared__ int4 shared_raw[];
   int* counts = reinterpret_cast<int*>(shared_raw);
-  int* offsets = counts + p.num_experts;
-  auto* rows = reinterpret_cast<std::uint16_t*>(offsets + p.num_experts);
+  int* starts = counts + p.num_experts;
+  auto* rows = reinterpret_cast<std::uint16_t*>(starts + p.num_experts);
   __shared__ ScanStorage<kThreads> scan_temp;
   __shared__ int warp_invalid[kWarps];
 
@@ -33,45 +34,57 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
   bool clamped = false;
   const int num_tokens = read_num_tokens(p, &clamped);
   const int numel = num_tokens * p.top_k;
+  // The tail past the bound: while the ids load when the count is a kernel parameter; after
+  // ranking when the count is loaded from device memory (it arrives with the ids).
+  const UnusedTail tail(p, numel);
+  const bool count_is_parameter = p.num_tokens == nullptr;
+  if (count_is_parameter) tail.fill_early(p, numel);
 
   // Count: each warp ranks its own consecutive slots against its private row of counters.
   std::uint16_t* row = rows + warp * row_stride(p.num_experts);
   zero_warp_row(row, p.num_experts);
   WarpSlots<kItems> slots;
   const int invalid = rank_warp_slots<kItems>(p, first, numel, ids, row, slots);
+  if (!count_is_parameter) tail.fill_early(p, numel);
   if (lane == 0) warp_invalid[warp] = invalid;
   __syncthreads();  // every row complete
 
-  // Scan: rows become per-warp exclusive prefixes (stable order across warps), then offsets.
-  warp_rows_to_prefix(rows, kWarps, p.num_experts, counts);
-  __syncthreads();  // counts complete
-  const int post_pad =
-      scan_padded_offsets<kThreads>(counts, offsets, p.num_experts, p.block_size, scan_temp);
-  __syncthreads();  // offsets complete
+  // Scan: each thread turns its experts' rows into per-warp prefixes (stable order across warps)
+  // and their totals into counts, then the block scans the segments' sizes in blocks.
+  const ExpertRun<kThreads> run(p.num_experts);
+  warp_rows_to_prefix<kWarps>(rows, p.num_experts, run.first, run.last, 1, counts);
+  const int used_blocks = scan_segment_starts<kThreads>(p, run, counts, starts, scan_temp);
+  tail.fill_late(p, used_blocks, numel);
+  __syncthreads();  // starts and counts complete
 
-  if (blockIdx.x == 0 && threadIdx.x == 0) {
+  // The last thread of block 0: its slots are scattered by a later block unless the grid is one
+  // block.
+  if (blockIdx.x == 0 && threadIdx.x == kThreads - 1) {
     int total_invalid = 0;
+#pragma unroll
     for (int w = 0; w < kWarps; ++w) total_invalid += warp_invalid[w];
-    *p.num_tokens_post_pad = post_pad;
+    *p.num_tokens_post_pad = used_blocks * p.block_size;
     p.counters[kCounterInvalid] = total_invalid;
     write_count_counters(p, num_tokens, clamped);
   }
-  write_expert_ids(p, offsets, post_pad, numel);
 
-  // Scatter this block's share (32-slot groups, round robin over blocks). Slot positions,
-  // segment padding and the tail are disjoint, so no barrier between them.
+  // Scatter this block's share: 32-slot group g (of the power-of-two kGroups) belongs to block
+  // g * grid / kGroups (a multiply and a shift). Slot positions, segment blocks and padding are
+  // disjoint.
+  constexpr int kGroups = kWarps * kItems;
+  static_assert((kGroups & (kGroups - 1)) == 0);
+  constexpr int kGroupShift = __builtin_ctz(kGroups);
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const int e = slots.expert[j];
-    const bool mine =
-        (warp * kItems + j) % static_cast<int>(gridDim.x) == static_cast<int>(blockIdx.x);
-    if (mine && e >= 0) {
-      const int pos = offsets[e] + rows[warp * row_stride(p.num_experts) + e] + slots.rank[j];
+    const int owner = static_cast<int>(((warp * kItems + j) * gridDim.x) >> kGroupShift);
+    if (owner == static_cast<int>(blockIdx.x) && e >= 0) {
+      const int pos =
+          starts[e] * p.block_size + rows[warp * row_stride(p.num_experts) + e] + slots.rank[j];
       p.sorted_token_ids[pos] = static_cast<int>(first) + j * kWarp + lane;
     }
   }
-  fill_segment_padding(p, offsets, counts, numel);
-  fill_tail(p, post_pad, numel);
+  write_segments(p, starts, counts, numel);
 }
 
 // Block shapes by capacity: fewer warps for fewer slots, because turning the warp rows into
@@ -86,7 +99,8 @@ constexpr SmallShape kSmallShapes[] = {{128, 128, 1},   {512, 256, 2},
                                        {8192, 1024, 8}, {kSmallMaxNumel, 1024, 16}};
 
 // Output entries per block of the grid (slots, padding and tail), so the stores spread over SMs.
-constexpr std::int64_t kEntriesPerBlock = 2048;
+// Measured against 2048: up to 10% faster (E 64, B 128, 64 tokens), equal elsewhere.
+constexpr std::int64_t kEntriesPerBlock = 1024;
 constexpr int kMaxSmallGrid = 32;
 
 template <int kThreads, int kItems>

@@ -1,10 +1,11 @@
 #include "runtime/graph_cache.hpp"
 
+#include <cstring>
+
 namespace moe_dispatch::detail {
 
 BucketGraph::BucketGraph(const kernels::AlignParams& params, const kernels::AlignPlan& plan,
-                         cudaStream_t capture_stream)
-    : args_(params) {
+                         cudaStream_t capture_stream) {
   MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(capture_stream, cudaStreamCaptureModeThreadLocal));
   const cudaError_t launched = kernels::launch_align(params, plan, capture_stream);
   cudaGraph_t captured = nullptr;
@@ -17,6 +18,8 @@ BucketGraph::BucketGraph(const kernels::AlignParams& params, const kernels::Alig
   std::size_t num_roots = 1;
   MOE_DISPATCH_CUDA_CHECK(cudaGraphGetRootNodes(graph_.get(), &first_kernel_, &num_roots));
   MOE_DISPATCH_CUDA_CHECK(cudaGraphKernelNodeGetParams(first_kernel_, &first_params_));
+  // The node's argument as launched, including the fields launch_align derives.
+  std::memcpy(&args_, first_params_.kernelParams[0], sizeof(args_));
 
   cudaGraphExec_t exec = nullptr;
   MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec, graph_.get(), 0));
