@@ -48,7 +48,8 @@ struct AlignPlan {
   AlignVariant variant = AlignVariant::kSmall;
   int threads = 0;               // threads per block
   int items = 0;                 // slots per thread (each warp owns 32 * items consecutive slots)
-  int grid = 1;                  // blocks (large variant: of the count and scatter kernels)
+  int grid = 1;                  // blocks (large variant: of the count kernel, one per chunk)
+  int write_grid = 1;            // large variant: blocks of the scatter kernel (at least grid)
   std::size_t shared_bytes = 0;  // dynamic shared memory per block
   int kernels = 1;               // kernel launches per alignment
 };

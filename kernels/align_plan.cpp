@@ -10,14 +10,20 @@ AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size,
 }
 
 namespace {
-// Up to here the one-kernel variant is as fast as or faster than the three-kernel one on the H100
-// (bench/variant_bench, docs/BENCHMARKS.md: at 4096 slots within 2% or ahead for E = 8..1024; at
-// 16384 slots the large variant is 2x faster).
-constexpr std::int64_t kSmallPreferredMaxNumel = 4096;
+// Decode-sized steps take one kernel launch (one graph node) up to 4096 slots. Measured on the H100
+// (bench/variant_bench, docs/BENCHMARKS.md): the one-kernel variant is ahead up to 2048 slots for
+// every E and up to 8192 slots at E >= 1024 (its grid spreads the large padding better); above, the
+// three-kernel variant is faster (at 4096 slots it is ahead for E >= 64, which the one-launch
+// rule gives up for decode).
+constexpr std::int64_t kSmallMaxDecodeNumel = 4096;
+constexpr std::int64_t kSmallMaxNumelManyExperts = 8192;
+constexpr int kManyExperts = 1024;
 }  // namespace
 
 AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size) {
-  const bool small = max_numel <= kSmallPreferredMaxNumel && num_experts <= kSmallMaxExperts;
+  const std::int64_t small_limit =
+      num_experts >= kManyExperts ? kSmallMaxNumelManyExperts : kSmallMaxDecodeNumel;
+  const bool small = max_numel <= small_limit && num_experts <= kSmallMaxExperts;
   return plan_align(max_numel, num_experts, block_size,
                     small ? AlignVariant::kSmall : AlignVariant::kLarge);
 }

@@ -98,10 +98,9 @@ constexpr SmallShape kSmallShapes[] = {{128, 128, 1},   {512, 256, 2},
                                        {2048, 512, 4},  {4096, 1024, 4},
                                        {8192, 1024, 8}, {kSmallMaxNumel, 1024, 16}};
 
-// Output entries per block of the grid (slots, padding and tail), so the stores spread over SMs.
-// Measured against 2048: up to 10% faster (E 64, B 128, 64 tokens), equal elsewhere.
-constexpr std::int64_t kEntriesPerBlock = 1024;
-constexpr int kMaxSmallGrid = 32;
+// At most one block per SM of the H100 (measured against 32 at E = 1024: 5% faster at decode,
+// 9% at 8192 slots).
+constexpr int kMaxSmallGrid = 128;
 
 template <int kThreads, int kItems>
 cudaError_t launch_shape(const AlignParams& params, const AlignPlan& plan, cudaStream_t stream) {
@@ -124,9 +123,7 @@ AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size) {
       break;
     }
   }
-  const std::int64_t entries = max_numel + std::int64_t{num_experts} * block_size;
-  plan.grid = static_cast<int>(std::clamp<std::int64_t>(
-      (entries + kEntriesPerBlock - 1) / kEntriesPerBlock, 1, kMaxSmallGrid));
+  plan.grid = write_blocks(max_numel + std::int64_t{num_experts} * block_size, kMaxSmallGrid);
   plan.shared_bytes = 2 * sizeof(int) * static_cast<std::size_t>(num_experts) +
                       sizeof(std::uint16_t) * static_cast<std::size_t>(plan.threads / kWarp) *
                           static_cast<std::size_t>(row_stride(num_experts));

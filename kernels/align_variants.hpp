@@ -12,6 +12,18 @@ namespace moe_dispatch::kernels {
 inline constexpr std::int64_t kSmallMaxNumel = 16384;
 inline constexpr int kSmallMaxExperts = 2048;
 
+// Output entries (slots, padding and tail) per block of a kernel that writes them, so the stores
+// spread over SMs. Measured against 2048 on the small variant: up to 10% faster (E 64, B 128,
+// 64 tokens), equal elsewhere.
+inline constexpr std::int64_t kOutputEntriesPerBlock = 1024;
+
+// Blocks that share the writing of `entries` output entries: one per kOutputEntriesPerBlock, at
+// least 1, at most max_blocks.
+constexpr int write_blocks(std::int64_t entries, int max_blocks) {
+  const std::int64_t blocks = (entries + kOutputEntriesPerBlock - 1) / kOutputEntriesPerBlock;
+  return static_cast<int>(blocks < 1 ? 1 : (blocks > max_blocks ? max_blocks : blocks));
+}
+
 AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size);
 AlignPlan large_plan(std::int64_t max_numel, int num_experts, int block_size);
 std::size_t large_scratch_ints(const AlignPlan& plan, int num_experts);
