@@ -75,16 +75,18 @@ __device__ __forceinline__ int launch_count(const AlignParams& p) {
   return p.counters[kCounterTokens];
 }
 
+// Shared memory: hist[E + 1] (entry E: invalid ids). Counting needs no order, so shared-memory
+// atomics do here what the scatter kernel's ranking does there (measured against ranking: 9.8 ->
+// 9.6 us at 16384 x 256 x 8, 6.4 -> 5.7 us at 1024 x 256 x 8).
 template <int kThreads, int kItems>
 __global__ void __launch_bounds__(kThreads) align_count_kernel(const AlignParams p) {
-  constexpr int kWarps = kThreads / kWarp;
   const LargeLayout layout(p);
   extern __shared__ int4 shared_raw[];
-  auto* rows = reinterpret_cast<std::uint16_t*>(shared_raw);
-  __shared__ int warp_invalid[kWarps];
+  int* hist = reinterpret_cast<int*>(shared_raw);
 
   let_dependent_launch();
   const int warp = threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
   const std::int64_t block_first = static_cast<std::int64_t>(blockIdx.x) * kThreads * kItems;
   const std::int64_t first = block_first + static_cast<std::int64_t>(warp) * kWarp * kItems;
   int ids[kItems];
@@ -95,25 +97,23 @@ __global__ void __launch_bounds__(kThreads) align_count_kernel(const AlignParams
   if (blockIdx.x == 0 && threadIdx.x == 0) write_count_counters(p, num_tokens, clamped);
   if (block_first >= numel) return;  // later kernels read only the columns of used blocks
 
-  std::uint16_t* row = rows + warp * row_stride(p.num_experts);
-  zero_warp_row(row, p.num_experts);
-  WarpSlots<kItems> slots;
-  const int invalid = rank_warp_slots<kItems>(p, first, numel, ids, row, slots);
-  if (threadIdx.x % kWarp == 0) warp_invalid[warp] = invalid;
+  for (int e = threadIdx.x; e <= p.num_experts; e += kThreads) hist[e] = 0;
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    if (first + j * kWarp + lane >= numel) continue;
+    const int id = ids[j];
+    int expert = p.num_experts;  // invalid ids are counted in entry E
+    if (id >= 0 && id < p.num_experts) {
+      expert = (p.expert_map != nullptr && !p.map_after) ? __ldg(p.expert_map + id) : id;
+    }
+    if (expert >= 0) atomicAdd(hist + expert, 1);  // -1: mapped to no local expert, dropped
+  }
   __syncthreads();
 
   int* column = layout.hist(p) + blockIdx.x;
-  for (int e = threadIdx.x; e < p.num_experts; e += kThreads) {
-    int total = 0;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) total += rows[w * row_stride(p.num_experts) + e];
-    column[static_cast<std::int64_t>(e) * layout.grid] = total;
-  }
-  if (threadIdx.x == 0) {
-    int total = 0;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) total += warp_invalid[w];
-    column[static_cast<std::int64_t>(p.num_experts) * layout.grid] = total;
+  for (int e = threadIdx.x; e <= p.num_experts; e += kThreads) {
+    column[static_cast<std::int64_t>(e) * layout.grid] = hist[e];
   }
 }
 
@@ -254,7 +254,7 @@ template <int kItems>
 cudaError_t launch_large(const AlignParams& params, const AlignPlan& plan, cudaStream_t stream) {
   const auto count = align_count_kernel<kLargeThreads, kItems>;
   const auto scatter = align_scatter_kernel<kLargeThreads, kItems>;
-  const std::size_t count_bytes = rows_bytes(params.num_experts);
+  const std::size_t count_bytes = sizeof(int) * static_cast<std::size_t>(params.num_experts + 1);
   cudaError_t status = allow_shared_memory(count, count_bytes);
   if (status == cudaSuccess) status = allow_shared_memory(scatter, plan.shared_bytes);
   if (status != cudaSuccess) return status;
