@@ -13,8 +13,8 @@ namespace {
 // Decode-sized steps take one kernel launch (one graph node) up to 4096 slots. Measured on the H100
 // (bench/variant_bench, docs/BENCHMARKS.md): the one-kernel variant is ahead up to 2048 slots for
 // every E and up to 8192 slots at E >= 1024 (its grid spreads the large padding better); above, the
-// three-kernel variant is faster (at 4096 slots it is ahead for E >= 64, which the one-launch
-// rule gives up for decode).
+// three-kernel variant is faster (at 4096 slots it is ahead for every E up to 256, which the
+// one-launch rule gives up for decode).
 constexpr std::int64_t kSmallMaxDecodeNumel = 4096;
 constexpr std::int64_t kSmallMaxNumelManyExperts = 8192;
 constexpr int kManyExperts = 1024;

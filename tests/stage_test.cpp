@@ -3,11 +3,13 @@
 // own capture and child graphs, overflow policies, and bad arguments.
 #include <doctest/doctest.h>
 
+#include <cstddef>
 #include <cstdlib>
 #include <filesystem>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "moe_dispatch/align.hpp"
@@ -46,6 +48,15 @@ md::DispatchConfig small_config() {
   c.log = false;
   return c;
 }
+
+// The same with a bucket of 8192 slots, which the three-kernel variant aligns (its graph has
+// programmatic dependency edges): for the tests of graphs nested in the caller's.
+md::DispatchConfig two_variant_config() {
+  md::DispatchConfig c = small_config();
+  c.buckets = {1, 8, 64, 256, 4096};
+  return c;
+}
+constexpr std::size_t kLargeBucket = 4;
 
 using md::test::fetch;
 using md::test::poison;
@@ -155,65 +166,72 @@ TEST_CASE("no device memory is allocated across 100k replays after construction"
 }
 
 TEST_CASE("run inside the caller's stream capture gives the same outputs when the caller replays") {
-  md::DispatchStage stage(small_config());
+  md::DispatchStage stage(two_variant_config());
   const md::Stream stream = md::make_stream();
   std::mt19937 rng(4);
-  const auto ids = md::test::make_routing(Routing::kUniform, 100, 2, 64, rng);
+  const auto ids = md::test::make_routing(Routing::kUniform, 3000, 2, 64, rng);
   MOE_DISPATCH_CUDA_CHECK(
       cudaMemcpy(stage.input(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
 
-  MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal));
-  const md::DispatchOutputs out = stage.run(100, stream.get());
-  cudaGraph_t captured = nullptr;
-  MOE_DISPATCH_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &captured));
-  md::Graph graph(captured);
-  cudaGraphExec_t exec_raw = nullptr;
-  MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
-  md::GraphExec exec(exec_raw);
-
-  // A different count run in between must not leak into the caller's graph.
-  stage.run(7, stream.get());
-  poison(out, stream.get());
-  MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream.get()));
-  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
-  const std::string diff =
-      md::test::compare(md::align_reference(ids, md::shape_of(stage.config())), fetch(out), 100);
-  CHECK_MESSAGE(diff.empty(), diff);
-  CHECK(stage.stats().buckets[3].child_nodes == 1);
-}
-
-TEST_CASE("a bucket graph added as a child node gives the same outputs, host or device count") {
-  md::DispatchStage stage(small_config());
-  const md::Stream stream = md::make_stream();
-  std::mt19937 rng(5);
-  const auto ids = md::test::make_routing(Routing::kZipf, 200, 2, 64, rng);
-  MOE_DISPATCH_CUDA_CHECK(
-      cudaMemcpy(stage.input(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
-  md::DeviceBuffer<std::int32_t> d_count(1);
-  const std::int32_t n = 150;
-  MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(d_count.get(), &n, 4, cudaMemcpyHostToDevice));
-  const md::DispatchOutputs out = stage.run(0, stream.get());
-  const std::vector<std::int32_t> head(ids.begin(), ids.begin() + 2 * n);
-
-  for (const bool device_count : {false, true}) {
-    cudaGraph_t raw = nullptr;
-    MOE_DISPATCH_CUDA_CHECK(cudaGraphCreate(&raw, 0));
-    md::Graph parent(raw);
-    if (device_count) {
-      stage.add_to_graph_device_count(parent.get(), nullptr, 0, d_count.get(), 256);
-    } else {
-      stage.add_to_graph(parent.get(), nullptr, 0, n);
-    }
+  // 100 tokens: bucket 256, one kernel; 3000 tokens: bucket 4096, three kernels.
+  for (const auto& [n, bucket] : {std::pair{100, std::size_t{3}}, std::pair{3000, kLargeBucket}}) {
+    INFO("tokens " << n);
+    MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal));
+    const md::DispatchOutputs out = stage.run(n, stream.get());
+    cudaGraph_t captured = nullptr;
+    MOE_DISPATCH_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &captured));
+    md::Graph graph(captured);
     cudaGraphExec_t exec_raw = nullptr;
-    MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, parent.get(), 0));
+    MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
     md::GraphExec exec(exec_raw);
+
+    // A different count run in between must not leak into the caller's graph.
+    stage.run(7, stream.get());
     poison(out, stream.get());
     MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream.get()));
     MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
-    INFO("device_count=" << device_count);
+    const std::vector<std::int32_t> head(ids.begin(), ids.begin() + 2 * n);
     const std::string diff =
         md::test::compare(md::align_reference(head, md::shape_of(stage.config())), fetch(out), n);
     CHECK_MESSAGE(diff.empty(), diff);
+    CHECK(stage.stats().buckets[bucket].child_nodes == 1);
+  }
+}
+
+TEST_CASE("a bucket graph added as a child node gives the same outputs, host or device count") {
+  md::DispatchStage stage(two_variant_config());
+  const md::Stream stream = md::make_stream();
+  std::mt19937 rng(5);
+  const auto ids = md::test::make_routing(Routing::kZipf, 4096, 2, 64, rng);
+  MOE_DISPATCH_CUDA_CHECK(
+      cudaMemcpy(stage.input(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+  const md::DispatchOutputs out = stage.run(0, stream.get());
+
+  // 150 tokens: bucket 256, one kernel; 3000 tokens: bucket 4096, three kernels.
+  for (const auto& [n, max_tokens] : {std::pair{150, 256}, std::pair{3000, 4096}}) {
+    md::DeviceBuffer<std::int32_t> d_count(1);
+    MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(d_count.get(), &n, 4, cudaMemcpyHostToDevice));
+    const std::vector<std::int32_t> head(ids.begin(), ids.begin() + 2 * n);
+    for (const bool device_count : {false, true}) {
+      cudaGraph_t raw = nullptr;
+      MOE_DISPATCH_CUDA_CHECK(cudaGraphCreate(&raw, 0));
+      md::Graph parent(raw);
+      if (device_count) {
+        stage.add_to_graph_device_count(parent.get(), nullptr, 0, d_count.get(), max_tokens);
+      } else {
+        stage.add_to_graph(parent.get(), nullptr, 0, n);
+      }
+      cudaGraphExec_t exec_raw = nullptr;
+      MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, parent.get(), 0));
+      md::GraphExec exec(exec_raw);
+      poison(out, stream.get());
+      MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream.get()));
+      MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+      INFO("tokens " << n << ", device_count=" << device_count);
+      const std::string diff =
+          md::test::compare(md::align_reference(head, md::shape_of(stage.config())), fetch(out), n);
+      CHECK_MESSAGE(diff.empty(), diff);
+    }
   }
 }
 
@@ -442,4 +460,32 @@ TEST_CASE(
   // Outside the capture the bucket is captured on its first run as usual.
   CHECK(run_and_compare(stage, ids, stream.get()).empty());
   CHECK(stage.stats().buckets[2].captures == 1);
+}
+
+TEST_CASE("a lazy stage inside the caller's global capture records the three-kernel variant too") {
+  md::DispatchConfig cfg = two_variant_config();
+  cfg.capture = md::CaptureMode::kLazy;
+  md::DispatchStage stage(cfg);
+  const md::Stream stream = md::make_stream();
+  std::mt19937 rng(14);
+  const auto ids = md::test::make_routing(Routing::kWithInvalid, 3000, 2, 64, rng);
+  MOE_DISPATCH_CUDA_CHECK(
+      cudaMemcpy(stage.input(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal));
+  const md::DispatchOutputs inside = stage.run(3000, stream.get());  // bucket 4096: not captured
+  cudaGraph_t captured = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &captured));
+  md::Graph graph(captured);
+  CHECK_FALSE(inside.replayed);
+  cudaGraphExec_t exec_raw = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
+  md::GraphExec exec(exec_raw);
+  poison(inside, stream.get());
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream.get()));
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+  const std::string diff = md::test::compare(md::align_reference(ids, md::shape_of(stage.config())),
+                                             fetch(inside), 3000);
+  CHECK_MESSAGE(diff.empty(), diff);
+  CHECK(stage.stats().buckets[kLargeBucket].captures == 0);
 }
