@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -26,17 +27,21 @@ namespace {
 // Device buffers sized for one shape's capacity, reused across runs.
 class Harness {
  public:
+  // `offset` entries before the outputs (1: not 16-byte aligned, as a tensor slice can be).
   Harness(int max_tokens, int num_experts, int top_k, int block_size, bool pad,
-          mk::AlignVariant variant, const md::ExpertMap* map = nullptr)
-      : shape_{num_experts, top_k, block_size, pad}, max_tokens_(max_tokens), map_(map) {
+          mk::AlignVariant variant, const md::ExpertMap* map = nullptr, int offset = 0)
+      : shape_{num_experts, top_k, block_size, pad},
+        max_tokens_(max_tokens),
+        map_(map),
+        offset_(offset) {
     const std::int64_t max_numel = std::int64_t{max_tokens} * top_k;
     plan_ = mk::plan_align(max_numel, num_experts, block_size, variant);
     input_ = md::DeviceBuffer<std::int32_t>(
         static_cast<std::size_t>(std::max<std::int64_t>(max_numel, 1)));
     sorted_ = md::DeviceBuffer<std::int32_t>(
-        static_cast<std::size_t>(md::sorted_capacity(shape_, max_numel)));
+        static_cast<std::size_t>(md::sorted_capacity(shape_, max_numel) + offset));
     expert_ids_ = md::DeviceBuffer<std::int32_t>(
-        static_cast<std::size_t>(md::expert_ids_capacity(shape_, max_numel)));
+        static_cast<std::size_t>(md::expert_ids_capacity(shape_, max_numel) + offset));
     small_ = md::DeviceBuffer<std::int32_t>(5);  // post pad, counters[3], count
     scratch_ = md::DeviceBuffer<std::int32_t>(
         std::max<std::size_t>(1, mk::align_scratch_ints(plan_, num_experts)));
@@ -64,7 +69,8 @@ class Harness {
     MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(small_.get() + 4, &device_count, 4, cudaMemcpyHostToDevice));
     MOE_DISPATCH_CUDA_CHECK(mk::launch_align(params(), plan_, nullptr));
     MOE_DISPATCH_CUDA_CHECK(cudaDeviceSynchronize());
-    return md::test::copy_back(sorted_.get(), sorted_.size(), expert_ids_.get(), expert_ids_.size(),
+    return md::test::copy_back(sorted_.get() + offset_, sorted_.size() - offset_,
+                               expert_ids_.get() + offset_, expert_ids_.size() - offset_,
                                small_.get(), small_.get() + 1);
   }
 
@@ -73,8 +79,8 @@ class Harness {
     p.topk_ids = input_.get();
     p.num_tokens = small_.get() + 4;
     p.expert_map = map_ != nullptr ? map_buffer_.get() : nullptr;
-    p.sorted_token_ids = sorted_.get();
-    p.expert_ids = expert_ids_.get();
+    p.sorted_token_ids = sorted_.get() + offset_;
+    p.expert_ids = expert_ids_.get() + offset_;
     p.num_tokens_post_pad = small_.get();
     p.counters = small_.get() + 1;
     p.scratch = scratch_.get();
@@ -85,6 +91,19 @@ class Harness {
     p.pad_sorted_ids = shape_.pad_sorted_ids;
     p.map_after = map_ != nullptr && map_->mode == md::ExpertMapMode::kMapAfter;
     return p;
+  }
+
+  // Whether the entries before the outputs (offset > 0) still hold the poison of the last run.
+  bool before_outputs_untouched() const {
+    std::int32_t poison = 0;
+    std::memset(&poison, md::test::kPoisonByte, sizeof poison);
+    std::int32_t sorted_before = 0;
+    std::int32_t expert_ids_before = 0;
+    MOE_DISPATCH_CUDA_CHECK(
+        cudaMemcpy(&sorted_before, sorted_.get() + offset_ - 1, 4, cudaMemcpyDeviceToHost));
+    MOE_DISPATCH_CUDA_CHECK(
+        cudaMemcpy(&expert_ids_before, expert_ids_.get() + offset_ - 1, 4, cudaMemcpyDeviceToHost));
+    return sorted_before == poison && expert_ids_before == poison;
   }
 
   // Checks one routing against the host reference; returns the difference ("" when equal).
@@ -98,6 +117,7 @@ class Harness {
   md::AlignShape shape_;
   int max_tokens_;
   const md::ExpertMap* map_;
+  int offset_;
   mk::AlignPlan plan_;
   md::DeviceBuffer<std::int32_t> input_, sorted_, expert_ids_, small_, scratch_, map_buffer_;
 };
@@ -201,6 +221,25 @@ TEST_CASE("expert_map drop and map_after modes match the reference") {
         const std::string diff =
             h.check(md::test::make_routing(Routing::kWithInvalid, tokens, 8, 256, rng));
         CHECK_MESSAGE(diff.empty(), diff);
+      }
+    }
+  }
+}
+
+TEST_CASE("outputs that are not 16-byte aligned are exact and nothing before them is written") {
+  std::mt19937 rng(21);
+  for (const int experts : {64, 256}) {
+    for (const int block : {16, 64}) {
+      for (const int tokens : {1, 64, 1000}) {
+        for (const mk::AlignVariant variant : variants_for(std::int64_t{tokens} * 8, experts)) {
+          INFO("E " << experts << ", B " << block << ", tokens " << tokens << ", variant "
+                    << static_cast<int>(variant));
+          Harness h(tokens, experts, 8, block, false, variant, nullptr, 1);
+          const auto ids = md::test::make_routing(Routing::kUniform, tokens, 8, experts, rng);
+          const std::string diff = h.check(ids);
+          CHECK_MESSAGE(diff.empty(), diff);
+          CHECK(h.before_outputs_untouched());
+        }
       }
     }
   }
