@@ -4,12 +4,11 @@
 // Every block of the grid computes the same counts, ranks and offsets over all slots (barriers
 // between the stages, no inter-block communication), then writes only its share of the outputs:
 // a one-block kernel is bound by one SM's store throughput (measured: 8192 scattered slots took
-// ~20 us on one SM of the H100), while the counting it repeats is cheap at these sizes.
+// ~20 us on one SM of the H100), while the counting it repeats is cheap at these sizes. The kernel
+// is latency-bound; docs/KERNELS.md lists what it keeps off its critical path.
 #include "kernels/align.hpp"
 #include "kernels/align_device.cuh"
 #include "kernels/align_variants.hpp"
-
-#include <algorithm>
 
 namespace moe_dispatch::kernels {
 namespace {
