@@ -71,10 +71,4 @@ std::size_t align_scratch_ints(const AlignPlan& plan, int num_experts);
 // first kernel node's parameters.
 cudaError_t launch_align(const AlignParams& params, const AlignPlan& plan, cudaStream_t stream);
 
-// Variant launchers (called by launch_align).
-cudaError_t launch_align_small(const AlignParams& params, const AlignPlan& plan,
-                               cudaStream_t stream);
-cudaError_t launch_align_large(const AlignParams& params, const AlignPlan& plan,
-                               cudaStream_t stream);
-
 }  // namespace moe_dispatch::kernels

@@ -24,6 +24,13 @@ constexpr int write_blocks(std::int64_t entries, int max_blocks) {
   return static_cast<int>(blocks < 1 ? 1 : (blocks > max_blocks ? max_blocks : blocks));
 }
 
+// Variant launchers, called by launch_align only: they expect AlignParams::block_div and
+// AlignParams::grid derived from the plan, which launch_align fills in.
+cudaError_t launch_align_small(const AlignParams& params, const AlignPlan& plan,
+                               cudaStream_t stream);
+cudaError_t launch_align_large(const AlignParams& params, const AlignPlan& plan,
+                               cudaStream_t stream);
+
 AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size);
 AlignPlan large_plan(std::int64_t max_numel, int num_experts, int block_size);
 std::size_t large_scratch_ints(const AlignPlan& plan, int num_experts);
