@@ -48,16 +48,6 @@ using md::test::Routing;
 
 namespace {
 
-md::DispatchConfig small_config() {
-  md::DispatchConfig c;
-  c.num_experts = 64;
-  c.top_k = 2;
-  c.block_size = 16;
-  c.buckets = {1, 8, 64, 256};
-  c.log = false;
-  return c;
-}
-
 std::size_t device_free_bytes() {
   std::size_t free_bytes = 0;
   std::size_t total_bytes = 0;
@@ -91,6 +81,7 @@ std::int64_t total_replays(const md::DispatchStage& stage) {
 using md::test::fetch;
 using md::test::poison;
 using md::test::run_and_compare;
+using md::test::small_config;
 
 // Holds plain cudaMalloc chunks until less than `leave + 1 MiB` of device memory is free.
 class MemoryHog {

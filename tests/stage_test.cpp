@@ -39,17 +39,12 @@ std::filesystem::path source_dir() {
   return dir;
 }
 
-md::DispatchConfig small_config() {
-  md::DispatchConfig c;
-  c.num_experts = 64;
-  c.top_k = 2;
-  c.block_size = 16;
-  c.buckets = {1, 8, 64, 256};
-  c.log = false;
-  return c;
-}
+using md::test::fetch;
+using md::test::poison;
+using md::test::run_and_compare;
+using md::test::small_config;
 
-// The same with a bucket of 8192 slots, which the three-kernel variant aligns (its graph has
+// small_config() with a bucket of 8192 slots, which the three-kernel variant aligns (its graph has
 // programmatic dependency edges): for the tests of graphs nested in the caller's.
 md::DispatchConfig two_variant_config() {
   md::DispatchConfig c = small_config();
@@ -57,10 +52,6 @@ md::DispatchConfig two_variant_config() {
   return c;
 }
 constexpr std::size_t kLargeBucket = 4;
-
-using md::test::fetch;
-using md::test::poison;
-using md::test::run_and_compare;
 
 }  // namespace
 

@@ -5,6 +5,16 @@
 
 namespace moe_dispatch::test {
 
+DispatchConfig small_config() {
+  DispatchConfig c;
+  c.num_experts = 64;
+  c.top_k = 2;
+  c.block_size = 16;
+  c.buckets = {1, 8, 64, 256};
+  c.log = false;
+  return c;
+}
+
 void poison(const DispatchOutputs& out, cudaStream_t stream) {
   MOE_DISPATCH_CUDA_CHECK(
       cudaMemsetAsync(const_cast<std::int32_t*>(out.sorted_token_ids), kPoisonByte,

@@ -13,6 +13,9 @@
 
 namespace moe_dispatch::test {
 
+// The stage the GPU suites share: E 64, top_k 2, B 16, buckets 1 8 64 256, no log.
+DispatchConfig small_config();
+
 // Writes kPoisonByte over every allocated entry of the outputs (and the counters), on `stream`.
 void poison(const DispatchOutputs& out, cudaStream_t stream);
 
