@@ -52,7 +52,7 @@ int main(int argc, char** argv) {
     int experts, top_k, block;
   };
   std::vector<Shape> shapes{{8, 2, 64}, {64, 2, 128}, {128, 8, 64}, {256, 8, 64}, {1024, 8, 128}};
-  std::vector<int> token_counts{1, 64, 256, 512, 1024, 2048};
+  std::vector<int> token_counts{1, 2, 4, 8, 16, 64, 256, 512, 1024, 2048};
   if (argc == 5) {
     shapes = {{std::atoi(argv[1]), std::atoi(argv[2]), std::atoi(argv[3])}};
     token_counts = {std::atoi(argv[4])};
@@ -60,8 +60,8 @@ int main(int argc, char** argv) {
   const md::Stream stream = md::make_stream();
   std::mt19937 rng(5);
   std::printf(
-      "| E | top_k | B | tokens | numel | small µs (grid) | large µs "
-      "|\n|---|---|---|---|---|---|---|\n");
+      "| E | top_k | B | tokens | numel | tiny µs | small µs (grid) | large µs "
+      "|\n|---|---|---|---|---|---|---|---|\n");
   for (const Shape& s : shapes) {
     for (const int tokens : token_counts) {
       const std::int64_t numel = std::int64_t{tokens} * s.top_k;
@@ -69,6 +69,7 @@ int main(int argc, char** argv) {
       std::vector<std::int32_t> ids(static_cast<std::size_t>(numel));
       std::uniform_int_distribution<int> pick(0, s.experts - 1);
       for (auto& id : ids) id = pick(rng);
+      const mk::AlignPlan tiny = mk::plan_align(numel, s.experts, s.block, mk::AlignVariant::kTiny);
       const mk::AlignPlan small =
           mk::plan_align(numel, s.experts, s.block, mk::AlignVariant::kSmall);
       const mk::AlignPlan large =
@@ -95,8 +96,10 @@ int main(int argc, char** argv) {
       p.block_size = s.block;
       p.max_tokens = tokens;
       const bool small_fits = numel <= 16384 && s.experts <= 2048;
-      std::printf("| %d | %d | %d | %d | %lld | %.2f (%d) | %.2f |\n", s.experts, s.top_k, s.block,
-                  tokens, static_cast<long long>(numel),
+      const bool tiny_fits = numel <= 64;
+      std::printf("| %d | %d | %d | %d | %lld | %.2f | %.2f (%d) | %.2f |\n", s.experts, s.top_k,
+                  s.block, tokens, static_cast<long long>(numel),
+                  tiny_fits ? graph_us(p, tiny, stream.get()) : 0.0,
                   small_fits ? graph_us(p, small, stream.get()) : 0.0, small.grid,
                   graph_us(p, large, stream.get()));
     }

@@ -245,6 +245,10 @@ struct UnusedTail {
     fill(p, used_blocks, bound_blocks, used_blocks * p.block_size, bound_blocks * p.block_size,
          numel);
   }
+  // All of it at once, from the used blocks on (when nothing was written early).
+  __device__ void fill_all(const AlignParams& p, int used_blocks, int numel) const {
+    fill(p, used_blocks, extent_blocks, used_blocks * p.block_size, extent, numel);
+  }
 
  private:
   __device__ static void fill(const AlignParams& p, int first_block, int end_block, int first_entry,

@@ -12,6 +12,10 @@ namespace moe_dispatch::kernels {
 inline constexpr std::int64_t kSmallMaxNumel = 16384;
 inline constexpr int kSmallMaxExperts = 2048;
 
+// Largest numel the tiny variant takes (2 slots per lane of one warp; its masks grow with the
+// square of the slots per lane: at 4 it was measured slower than the small variant).
+inline constexpr std::int64_t kTinyMaxNumel = 64;
+
 // Output entries (slots, padding and tail) per block of a kernel that writes them, so the stores
 // spread over SMs. Measured against 2048 on the small variant: up to 10% faster (E 64, B 128,
 // 64 tokens), equal elsewhere.
@@ -26,11 +30,14 @@ constexpr int write_blocks(std::int64_t entries, int max_blocks) {
 
 // Variant launchers, called by launch_align only: they expect AlignParams::block_div and
 // AlignParams::grid derived from the plan, which launch_align fills in.
+cudaError_t launch_align_tiny(const AlignParams& params, const AlignPlan& plan,
+                              cudaStream_t stream);
 cudaError_t launch_align_small(const AlignParams& params, const AlignPlan& plan,
                                cudaStream_t stream);
 cudaError_t launch_align_large(const AlignParams& params, const AlignPlan& plan,
                                cudaStream_t stream);
 
+AlignPlan tiny_plan(std::int64_t max_numel, int num_experts, int block_size);
 AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size);
 AlignPlan large_plan(std::int64_t max_numel, int num_experts, int block_size);
 std::size_t large_scratch_ints(const AlignPlan& plan, int num_experts);

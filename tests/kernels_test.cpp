@@ -122,13 +122,50 @@ class Harness {
   md::DeviceBuffer<std::int32_t> input_, sorted_, expert_ids_, small_, scratch_, map_buffer_;
 };
 
+constexpr mk::AlignVariant kAllVariants[] = {mk::AlignVariant::kTiny, mk::AlignVariant::kSmall,
+                                             mk::AlignVariant::kLarge};
+
+// The largest numel a variant takes (its plan refuses more).
+std::int64_t max_numel(mk::AlignVariant v) {
+  switch (v) {
+    case mk::AlignVariant::kTiny:
+      return 64;
+    case mk::AlignVariant::kSmall:
+      return 16384;
+    case mk::AlignVariant::kLarge:
+      break;
+  }
+  return std::int64_t{1} << 24;
+}
+
+// The variants that take numel slots over num_experts experts.
 std::vector<mk::AlignVariant> variants_for(std::int64_t numel, int num_experts) {
-  std::vector<mk::AlignVariant> v{mk::AlignVariant::kLarge};
-  if (numel <= 16384 && num_experts <= 2048) v.push_back(mk::AlignVariant::kSmall);
+  std::vector<mk::AlignVariant> v;
+  for (const mk::AlignVariant variant : kAllVariants) {
+    if (numel <= max_numel(variant) &&
+        (variant != mk::AlignVariant::kSmall || num_experts <= 2048)) {
+      v.push_back(variant);
+    }
+  }
   return v;
 }
 
-std::string name(mk::AlignVariant v) { return v == mk::AlignVariant::kSmall ? "small" : "large"; }
+// A variant's token capacity for a wanted capacity: at most what its numel limit allows.
+int capacity_for(mk::AlignVariant v, int wanted_tokens, int top_k) {
+  return static_cast<int>(std::min<std::int64_t>(wanted_tokens, max_numel(v) / top_k));
+}
+
+std::string name(mk::AlignVariant v) {
+  switch (v) {
+    case mk::AlignVariant::kTiny:
+      return "tiny";
+    case mk::AlignVariant::kSmall:
+      return "small";
+    case mk::AlignVariant::kLarge:
+      break;
+  }
+  return "large";
+}
 
 }  // namespace
 
@@ -146,11 +183,9 @@ TEST_CASE(
     for (const int top_k : top_ks) {
       if (top_k > experts) continue;
       for (const int block : block_sizes) {
-        const int max_tokens = 65536;
-        for (const mk::AlignVariant variant :
-             variants_for(std::int64_t{max_tokens} * top_k, experts)) {
-          // The small variant's capacity is 16384 slots: give it its own capacity.
-          const int capacity = variant == mk::AlignVariant::kSmall ? 16384 / top_k : max_tokens;
+        for (const mk::AlignVariant variant : variants_for(top_k, experts)) {
+          // Each variant at its own capacity (the tiny one: 128 slots, the small one: 16384).
+          const int capacity = capacity_for(variant, 65536, top_k);
           Harness h(capacity, experts, top_k, block, false, variant);
           for (const int tokens : token_counts) {
             if (tokens > capacity) continue;
@@ -171,13 +206,51 @@ TEST_CASE(
   CHECK(checked > 1000);
 }
 
-TEST_CASE("skewed routings give exact results in both variants") {
+TEST_CASE("the tiny variant is exact at each of its shapes (1 and 2 slots per lane)") {
+  std::mt19937 rng(22);
+  const Routing routings[] = {Routing::kUniform, Routing::kWithInvalid, Routing::kOneExpert,
+                              Routing::kZipf};
+  int checked = 0;
+  for (const int experts : {1, 3, 8, 256, 1024, 4096}) {
+    for (const int block : {1, 7, 64, 256}) {
+      for (const int top_k : {1, 2, 8}) {
+        if (top_k > experts) continue;
+        // Capacities on both sides of the 32-slot shape limit, and the 64-slot maximum.
+        for (const int capacity_numel : {8, 32, 33, 63, 64}) {
+          const int capacity = capacity_numel / top_k;
+          if (capacity == 0) continue;
+          Harness h(capacity, experts, top_k, block, false, mk::AlignVariant::kTiny);
+          std::uniform_int_distribution<int> count(0, capacity);
+          for (const int tokens : {0, 1, capacity, count(rng)}) {
+            const Routing routing = routings[static_cast<std::size_t>(checked) % 4];
+            INFO("E " << experts << ", B " << block << ", top_k " << top_k << ", capacity "
+                      << capacity << ", tokens " << tokens << ", items " << h.plan().items << ", "
+                      << std::string(md::test::to_string(routing)));
+            const std::string diff =
+                h.check(md::test::make_routing(routing, tokens, top_k, experts, rng));
+            CHECK_MESSAGE(diff.empty(), diff);
+            ++checked;
+          }
+        }
+      }
+    }
+  }
+  MESSAGE("checked " << checked << " runs");
+  CHECK(checked > 300);
+}
+
+TEST_CASE("the tiny variant refuses a capacity past 64 slots") {
+  Harness h(9, 8, 8, 16, false, mk::AlignVariant::kTiny);  // 72 slots
+  CHECK(mk::launch_align(h.params(), h.plan(), nullptr) == cudaErrorInvalidConfiguration);
+}
+
+TEST_CASE("skewed routings give exact results in every variant") {
   std::mt19937 rng(7);
   const Routing skews[] = {Routing::kOneExpert, Routing::kOneNonEmpty, Routing::kZipf};
   for (const int experts : {8, 256, 1024}) {
-    for (const int tokens : {1, 255, 2048}) {
+    for (const int tokens : {1, 8, 255, 2048}) {
       for (const mk::AlignVariant variant : variants_for(std::int64_t{tokens} * 8, experts)) {
-        Harness h(2048, experts, 8, 64, false, variant);
+        Harness h(capacity_for(variant, 2048, 8), experts, 8, 64, false, variant);
         for (const Routing r : skews) {
           INFO(name(variant) << " E=" << experts << " tokens=" << tokens << " "
                              << std::string(md::test::to_string(r)));
@@ -199,9 +272,11 @@ TEST_CASE("the largest supported numel and 4096 experts run on the large variant
 
 TEST_CASE("top_k 32 and pad_sorted_ids match the reference") {
   std::mt19937 rng(12);
-  for (const mk::AlignVariant variant : {mk::AlignVariant::kSmall, mk::AlignVariant::kLarge}) {
-    Harness h(512, 64, 32, 48, true, variant);
-    for (const int tokens : {0, 1, 33, 511, 512}) {
+  for (const mk::AlignVariant variant : kAllVariants) {
+    const int capacity = capacity_for(variant, 512, 32);
+    Harness h(capacity, 64, 32, 48, true, variant);
+    for (const int tokens : {0, 1, 2, 33, 511, 512}) {
+      if (tokens > capacity) continue;
       INFO(name(variant) << " tokens=" << tokens);
       const std::string diff =
           h.check(md::test::make_routing(Routing::kUniform, tokens, 32, 64, rng));
@@ -214,9 +289,11 @@ TEST_CASE("expert_map drop and map_after modes match the reference") {
   std::mt19937 rng(13);
   for (const auto mode : {md::ExpertMapMode::kDrop, md::ExpertMapMode::kMapAfter}) {
     const md::ExpertMap map = md::split_experts(256, 1, 4, mode);
-    for (const mk::AlignVariant variant : {mk::AlignVariant::kSmall, mk::AlignVariant::kLarge}) {
-      Harness h(1024, 256, 8, 64, false, variant, &map);
-      for (const int tokens : {0, 1, 100, 1024}) {
+    for (const mk::AlignVariant variant : kAllVariants) {
+      const int capacity = capacity_for(variant, 1024, 8);
+      Harness h(capacity, 256, 8, 64, false, variant, &map);
+      for (const int tokens : {0, 1, 8, 100, 1024}) {
+        if (tokens > capacity) continue;
         INFO(name(variant) << " mode=" << md::to_string(mode) << " tokens=" << tokens);
         const std::string diff =
             h.check(md::test::make_routing(Routing::kWithInvalid, tokens, 8, 256, rng));
@@ -247,11 +324,12 @@ TEST_CASE("outputs that are not 16-byte aligned are exact and nothing before the
 
 TEST_CASE("two runs on the same input are bit-identical") {
   std::mt19937 rng(14);
-  for (const mk::AlignVariant variant : {mk::AlignVariant::kSmall, mk::AlignVariant::kLarge}) {
-    Harness h(2048, 256, 8, 64, false, variant);
-    const auto ids = md::test::make_routing(Routing::kZipf, 2048, 8, 256, rng);
-    const md::test::DeviceResult first = h.run(ids, 2048);
-    const md::test::DeviceResult second = h.run(ids, 2048);
+  for (const mk::AlignVariant variant : kAllVariants) {
+    const int tokens = capacity_for(variant, 2048, 8);
+    Harness h(tokens, 256, 8, 64, false, variant);
+    const auto ids = md::test::make_routing(Routing::kZipf, tokens, 8, 256, rng);
+    const md::test::DeviceResult first = h.run(ids, tokens);
+    const md::test::DeviceResult second = h.run(ids, tokens);
     CHECK(first.sorted_token_ids == second.sorted_token_ids);
     CHECK(first.expert_ids == second.expert_ids);
     CHECK(first.num_tokens_post_pad == second.num_tokens_post_pad);
@@ -260,32 +338,36 @@ TEST_CASE("two runs on the same input are bit-identical") {
 
 TEST_CASE("a device count outside [0, capacity] is clamped and flagged, never read out of bounds") {
   std::mt19937 rng(15);
-  for (const mk::AlignVariant variant : {mk::AlignVariant::kSmall, mk::AlignVariant::kLarge}) {
-    Harness h(256, 64, 2, 16, false, variant);
-    const auto ids = md::test::make_routing(Routing::kUniform, 256, 2, 64, rng);
+  for (const mk::AlignVariant variant : kAllVariants) {
+    const int capacity = capacity_for(variant, 256, 2);
+    Harness h(capacity, 64, 2, 16, false, variant);
+    const auto ids = md::test::make_routing(Routing::kUniform, capacity, 2, 64, rng);
     const md::AlignShape shape{64, 2, 16, false};
 
+    INFO(name(variant));
     const md::test::DeviceResult above = h.run(ids, 100000);
     CHECK(above.counters[1] == 1);
-    CHECK(md::test::compare(md::align_reference(ids, shape), above, 256).empty());
+    CHECK(md::test::compare(md::align_reference(ids, shape), above, capacity).empty());
 
     const md::test::DeviceResult negative = h.run(ids, -5);
     CHECK(negative.counters[1] == 1);
     CHECK(md::test::compare(md::align_reference(std::vector<std::int32_t>{}, shape), negative, 0)
               .empty());
 
-    const md::test::DeviceResult inside = h.run(ids, 256);
+    const md::test::DeviceResult inside = h.run(ids, capacity);
     CHECK(inside.counters[1] == 0);
   }
 }
 
 TEST_CASE("a count below the capacity aligns only the true count, never the capacity") {
   std::mt19937 rng(16);
-  for (const mk::AlignVariant variant : {mk::AlignVariant::kSmall, mk::AlignVariant::kLarge}) {
-    Harness h(1024, 128, 8, 64, false, variant);
-    for (const int tokens : {1, 3, 1000}) {
+  for (const mk::AlignVariant variant : kAllVariants) {
+    const int capacity = capacity_for(variant, 1024, 8);
+    Harness h(capacity, 128, 8, 64, false, variant);
+    for (const int tokens : {1, 3, 7, 1000}) {
+      if (tokens >= capacity) continue;
       // Rows past the count hold valid ids that must be ignored.
-      auto ids = md::test::make_routing(Routing::kUniform, 1024, 8, 128, rng);
+      auto ids = md::test::make_routing(Routing::kUniform, capacity, 8, 128, rng);
       const std::vector<std::int32_t> head(ids.begin(), ids.begin() + tokens * 8);
       md::test::DeviceResult r = h.run(ids, tokens);
       INFO(name(variant) << " tokens=" << tokens);
@@ -298,10 +380,10 @@ TEST_CASE("a count below the capacity aligns only the true count, never the capa
 
 TEST_CASE("the planner picks one kernel for decode shapes") {
   for (const int experts : {8, 64, 128, 256}) {
-    for (const int numel : {1, 64, 1024, 4096}) {
+    for (const int numel : {1, 64, 65, 1024, 4096}) {
       const mk::AlignPlan plan = mk::plan_align(numel, experts, 64);
       CHECK(plan.kernels == 1);
-      CHECK(plan.variant == mk::AlignVariant::kSmall);
+      CHECK(plan.variant == (numel <= 64 ? mk::AlignVariant::kTiny : mk::AlignVariant::kSmall));
     }
   }
   CHECK(mk::plan_align(std::int64_t{1} << 20, 256, 64).variant == mk::AlignVariant::kLarge);

@@ -1,0 +1,96 @@
+// floor_bench: what any one-kernel dispatch costs on this GPU before it computes anything, measured
+// the two ways dispatch_bench measures the kernels: per node in a graph of 100 launches ("graph")
+// and per replay of a one-node graph ("replay"). Reference kernels: an empty one, and one that
+// loads a 32-slot row and stores it (the least a dispatch kernel must do: read the routing, write
+// an output), on 1 block and on 17 blocks (the tiny variant's grid at E = 256, B = 64).
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+
+#include "moe_dispatch/cuda_raii.hpp"
+#include "moe_dispatch/errors.hpp"
+
+namespace md = moe_dispatch;
+
+namespace {
+
+__global__ void empty_kernel() {}
+
+// Every warp loads the same 32 ids and writes its lanes' copy to its own slice of `out`.
+__global__ void load_store_kernel(const int* in, int* out) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int warp = static_cast<int>((blockIdx.x * blockDim.x + threadIdx.x) / 32);
+  out[warp * 32 + lane] = __ldg(in + lane) + 1;
+}
+
+using Launch = void (*)(cudaStream_t, const int*, int*, int);
+
+void launch_empty(cudaStream_t stream, const int*, int*, int grid) {
+  empty_kernel<<<grid, 128, 0, stream>>>();
+}
+void launch_load_store(cudaStream_t stream, const int* in, int* out, int grid) {
+  load_store_kernel<<<grid, 128, 0, stream>>>(in, out);
+}
+
+md::GraphExec capture(Launch launch, int calls, cudaStream_t stream, const int* in, int* out,
+                      int grid) {
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < calls; ++i) {
+    launch(stream, in, out, grid);
+    MOE_DISPATCH_CUDA_CHECK(cudaGetLastError());
+  }
+  cudaGraph_t raw = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamEndCapture(stream, &raw));
+  const md::Graph graph(raw);
+  cudaGraphExec_t exec = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec, graph.get(), 0));
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphUpload(exec, stream));
+  return md::GraphExec(exec);
+}
+
+// Median over 15 samples of (time of `launches` launches of exec) / (calls per launch).
+double median_us(cudaGraphExec_t exec, int launches, int calls, cudaStream_t stream) {
+  const md::Event start = md::make_event(true);
+  const md::Event stop = md::make_event(true);
+  for (int i = 0; i < launches; ++i) MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  std::vector<double> samples;
+  for (int t = 0; t < 15; ++t) {
+    MOE_DISPATCH_CUDA_CHECK(cudaEventRecord(start.get(), stream));
+    for (int i = 0; i < launches; ++i) MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    MOE_DISPATCH_CUDA_CHECK(cudaEventRecord(stop.get(), stream));
+    MOE_DISPATCH_CUDA_CHECK(cudaEventSynchronize(stop.get()));
+    float ms = 0;
+    MOE_DISPATCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start.get(), stop.get()));
+    samples.push_back(1000.0 * ms / (launches * calls));
+  }
+  std::sort(samples.begin(), samples.end());
+  return samples[samples.size() / 2];
+}
+
+}  // namespace
+
+int main() {
+  const md::Stream stream = md::make_stream();
+  constexpr int kMaxGrid = 17;
+  md::DeviceBuffer<int> in(32);
+  md::DeviceBuffer<int> out(kMaxGrid * 128);
+  MOE_DISPATCH_CUDA_CHECK(cudaMemset(in.get(), 0, in.bytes()));
+  struct Case {
+    const char* name;
+    Launch launch;
+    int grid;
+  };
+  const Case cases[] = {{"empty", launch_empty, 1},
+                        {"load 32 ids, store", launch_load_store, 1},
+                        {"load 32 ids, store", launch_load_store, kMaxGrid}};
+  std::printf("| kernel | blocks | graph µs (per node of 100) | replay µs (one-node graph) |\n");
+  std::printf("|---|---|---|---|\n");
+  for (const Case& c : cases) {
+    const md::GraphExec hundred = capture(c.launch, 100, stream.get(), in.get(), out.get(), c.grid);
+    const md::GraphExec one = capture(c.launch, 1, stream.get(), in.get(), out.get(), c.grid);
+    std::printf("| %s | %d | %.2f | %.2f |\n", c.name, c.grid,
+                median_us(hundred.get(), 1, 100, stream.get()),
+                median_us(one.get(), 1000, 1, stream.get()));
+  }
+  return 0;
+}
