@@ -1,9 +1,11 @@
 // floor_bench: what any one-kernel dispatch costs on this GPU before it computes anything, measured
 // the two ways dispatch_bench measures the kernels: per node in a graph of 100 launches ("graph")
-// and per replay of a one-node graph ("replay"). Reference kernels: an empty one, and one that
+// and per replay of a one-node graph ("replay"), and the host time of one cudaGraphLaunch (the part
+// of DispatchStage::run() that is the driver's). Reference kernels: an empty one, and one that
 // loads a 32-slot row and stores it (the least a dispatch kernel must do: read the routing, write
 // an output), on 1 block and on 17 blocks (the tiny variant's grid at E = 256, B = 64).
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <vector>
 
@@ -67,6 +69,21 @@ double median_us(cudaGraphExec_t exec, int launches, int calls, cudaStream_t str
   return samples[samples.size() / 2];
 }
 
+// Host time of one cudaGraphLaunch: batches of 100 with the queue drained between (as
+// dispatch_bench measures run()), median of 50.
+double host_launch_us(cudaGraphExec_t exec, cudaStream_t stream) {
+  std::vector<double> samples;
+  for (int t = 0; t < 50; ++t) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 100; ++i) MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    const auto t1 = std::chrono::steady_clock::now();
+    samples.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() / 100);
+    MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+  std::sort(samples.begin(), samples.end());
+  return samples[samples.size() / 2];
+}
+
 }  // namespace
 
 int main() {
@@ -83,14 +100,16 @@ int main() {
   const Case cases[] = {{"empty", launch_empty, 1},
                         {"load 32 ids, store", launch_load_store, 1},
                         {"load 32 ids, store", launch_load_store, kMaxGrid}};
-  std::printf("| kernel | blocks | graph µs (per node of 100) | replay µs (one-node graph) |\n");
-  std::printf("|---|---|---|---|\n");
+  std::printf(
+      "| kernel | blocks | graph µs (per node of 100) | replay µs (one-node graph) | host µs per "
+      "cudaGraphLaunch |\n|---|---|---|---|---|\n");
   for (const Case& c : cases) {
     const md::GraphExec hundred = capture(c.launch, 100, stream.get(), in.get(), out.get(), c.grid);
     const md::GraphExec one = capture(c.launch, 1, stream.get(), in.get(), out.get(), c.grid);
-    std::printf("| %s | %d | %.2f | %.2f |\n", c.name, c.grid,
+    std::printf("| %s | %d | %.2f | %.2f | %.2f |\n", c.name, c.grid,
                 median_us(hundred.get(), 1, 100, stream.get()),
-                median_us(one.get(), 1000, 1, stream.get()));
+                median_us(one.get(), 1000, 1, stream.get()),
+                host_launch_us(one.get(), stream.get()));
   }
   return 0;
 }
