@@ -8,7 +8,7 @@ logs=${2:-.}
 mkdir -p "$logs"
 export MOE_DISPATCH_SOURCE_DIR=${MOE_DISPATCH_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-# The full sweep is too slow under the sanitizers; these cases cover both variants, every output,
+# The full sweep is too slow under the sanitizers; these cases cover every variant, every output,
 # expert maps, clamped counts, capture, child graphs and overflow.
 kernel_cases='skewed*,top_k 32*,expert_map*,two runs*,a device count*,a count below*'
 stage_cases='run inside*,a bucket graph*,run_device_count*,counts above*,an engine-registered*,lazy*'
