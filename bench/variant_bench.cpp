@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/align.hpp"
+#include "kernels/align_variants.hpp"
 #include "moe_dispatch/align.hpp"
 #include "moe_dispatch/cuda_raii.hpp"
 #include "moe_dispatch/errors.hpp"
@@ -95,8 +96,8 @@ int main(int argc, char** argv) {
       p.top_k = s.top_k;
       p.block_size = s.block;
       p.max_tokens = tokens;
-      const bool small_fits = numel <= 16384 && s.experts <= 2048;
-      const bool tiny_fits = numel <= 64;
+      const bool small_fits = numel <= mk::kSmallMaxNumel && s.experts <= mk::kSmallMaxExperts;
+      const bool tiny_fits = numel <= mk::kTinyMaxNumel;
       std::printf("| %d | %d | %d | %d | %lld | %.2f | %.2f (%d) | %.2f |\n", s.experts, s.top_k,
                   s.block, tokens, static_cast<long long>(numel),
                   tiny_fits ? graph_us(p, tiny, stream.get()) : 0.0,

@@ -3,8 +3,9 @@
 // each slot's position from ballots alone: one ballot per key bit and item gives, for every slot,
 // the lanes holding the same expert (its rank and its expert's count) and the lanes holding a
 // smaller expert (its segment's first block, summed bit by bit over the segments' sizes). The warps
-// then write disjoint shares of the outputs. Nothing scales with E except the sentinel tail, which
-// is spread over the grid. docs/KERNELS.md compares it with the small variant.
+// then write disjoint shares of the outputs. Only the key ballots (log2(E) + 1 per item) and the
+// sentinel tail (spread over the grid) grow with E. docs/KERNELS.md compares it with the small
+// variant.
 #include "kernels/align.hpp"
 #include "kernels/align_device.cuh"
 #include "kernels/align_variants.hpp"
@@ -27,7 +28,7 @@ struct TinySlots {
 
 // Fills every field but key (set by the caller) and returns the blocks of all segments. Only the
 // slots below numel count: `valid[i]` holds the lanes whose item i is one. The key ballots do not
-// depend on the count, so they run while a count loaded from device memory is in flight.
+// depend on the count (its slots are masked out afterwards), so it is not on their path.
 template <int kItems>
 __device__ __forceinline__ int rank_in_registers(const AlignParams& p,
                                                  const unsigned (&valid)[kItems],

@@ -13,7 +13,7 @@ inline constexpr std::int64_t kSmallMaxNumel = 16384;
 inline constexpr int kSmallMaxExperts = 2048;
 
 // Largest numel the tiny variant takes (2 slots per lane of one warp; its masks grow with the
-// square of the slots per lane: at 4 it was measured slower than the small variant).
+// square of the slots per lane: at 4 it was measured slower than the small variant for E <= 256).
 inline constexpr std::int64_t kTinyMaxNumel = 64;
 
 // Output entries (slots, padding and tail) per block of a kernel that writes them, so the stores

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/align.hpp"
+#include "kernels/align_variants.hpp"
 #include "moe_dispatch/align.hpp"
 #include "moe_dispatch/cuda_raii.hpp"
 #include "moe_dispatch/reference.hpp"
@@ -54,8 +55,14 @@ class Harness {
 
   const mk::AlignPlan& plan() const { return plan_; }
 
-  // Runs `ids` (num_tokens rows) with the device count set to `device_count`; returns the outputs.
-  md::test::DeviceResult run(const std::vector<std::int32_t>& ids, int device_count) {
+  // Passes the count as a kernel parameter (as DispatchStage::run does) instead of in device
+  // memory; the kernels then write the tail's far part while the ids load.
+  void use_parameter_count(bool on) { parameter_count_ = on; }
+
+  // Runs `ids` (num_tokens rows) with the count set to `count` (in device memory unless
+  // use_parameter_count); returns the outputs.
+  md::test::DeviceResult run(const std::vector<std::int32_t>& ids, int count) {
+    count_ = count;
     MOE_DISPATCH_CUDA_CHECK(cudaMemset(input_.get(), md::test::kPoisonByte, input_.bytes()));
     if (!ids.empty()) {
       MOE_DISPATCH_CUDA_CHECK(
@@ -66,7 +73,7 @@ class Harness {
         cudaMemset(expert_ids_.get(), md::test::kPoisonByte, expert_ids_.bytes()));
     MOE_DISPATCH_CUDA_CHECK(cudaMemset(small_.get(), md::test::kPoisonByte, 16));
     MOE_DISPATCH_CUDA_CHECK(cudaMemset(scratch_.get(), md::test::kPoisonByte, scratch_.bytes()));
-    MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(small_.get() + 4, &device_count, 4, cudaMemcpyHostToDevice));
+    MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(small_.get() + 4, &count, 4, cudaMemcpyHostToDevice));
     MOE_DISPATCH_CUDA_CHECK(mk::launch_align(params(), plan_, nullptr));
     MOE_DISPATCH_CUDA_CHECK(cudaDeviceSynchronize());
     return md::test::copy_back(sorted_.get() + offset_, sorted_.size() - offset_,
@@ -77,7 +84,8 @@ class Harness {
   mk::AlignParams params() const {
     mk::AlignParams p;
     p.topk_ids = input_.get();
-    p.num_tokens = small_.get() + 4;
+    p.num_tokens = parameter_count_ ? nullptr : small_.get() + 4;
+    p.host_num_tokens = count_;
     p.expert_map = map_ != nullptr ? map_buffer_.get() : nullptr;
     p.sorted_token_ids = sorted_.get() + offset_;
     p.expert_ids = expert_ids_.get() + offset_;
@@ -118,6 +126,8 @@ class Harness {
   int max_tokens_;
   const md::ExpertMap* map_;
   int offset_;
+  bool parameter_count_ = false;
+  int count_ = 0;
   mk::AlignPlan plan_;
   md::DeviceBuffer<std::int32_t> input_, sorted_, expert_ids_, small_, scratch_, map_buffer_;
 };
@@ -125,13 +135,13 @@ class Harness {
 constexpr mk::AlignVariant kAllVariants[] = {mk::AlignVariant::kTiny, mk::AlignVariant::kSmall,
                                              mk::AlignVariant::kLarge};
 
-// The largest numel a variant takes (its plan refuses more).
+// The largest numel a variant takes (its launcher refuses more).
 std::int64_t max_numel(mk::AlignVariant v) {
   switch (v) {
     case mk::AlignVariant::kTiny:
-      return 64;
+      return mk::kTinyMaxNumel;
     case mk::AlignVariant::kSmall:
-      return 16384;
+      return mk::kSmallMaxNumel;
     case mk::AlignVariant::kLarge:
       break;
   }
@@ -143,7 +153,7 @@ std::vector<mk::AlignVariant> variants_for(std::int64_t numel, int num_experts) 
   std::vector<mk::AlignVariant> v;
   for (const mk::AlignVariant variant : kAllVariants) {
     if (numel <= max_numel(variant) &&
-        (variant != mk::AlignVariant::kSmall || num_experts <= 2048)) {
+        (variant != mk::AlignVariant::kSmall || num_experts <= mk::kSmallMaxExperts)) {
       v.push_back(variant);
     }
   }
@@ -184,7 +194,7 @@ TEST_CASE(
       if (top_k > experts) continue;
       for (const int block : block_sizes) {
         for (const mk::AlignVariant variant : variants_for(top_k, experts)) {
-          // Each variant at its own capacity (the tiny one: 128 slots, the small one: 16384).
+          // Each variant at its own capacity (the tiny one: 64 slots, the small one: 16384).
           const int capacity = capacity_for(variant, 65536, top_k);
           Harness h(capacity, experts, top_k, block, false, variant);
           for (const int tokens : token_counts) {
@@ -219,13 +229,16 @@ TEST_CASE("the tiny variant is exact at each of its shapes (1 and 2 slots per la
         for (const int capacity_numel : {8, 32, 33, 63, 64}) {
           const int capacity = capacity_numel / top_k;
           if (capacity == 0) continue;
-          Harness h(capacity, experts, top_k, block, false, mk::AlignVariant::kTiny);
+          const bool pad = block == 7 || block == 256;
+          Harness h(capacity, experts, top_k, block, pad, mk::AlignVariant::kTiny);
           std::uniform_int_distribution<int> count(0, capacity);
           for (const int tokens : {0, 1, capacity, count(rng)}) {
             const Routing routing = routings[static_cast<std::size_t>(checked) % 4];
+            h.use_parameter_count(checked % 2 == 1);
             INFO("E " << experts << ", B " << block << ", top_k " << top_k << ", capacity "
                       << capacity << ", tokens " << tokens << ", items " << h.plan().items << ", "
-                      << std::string(md::test::to_string(routing)));
+                      << std::string(md::test::to_string(routing)) << ", pad " << pad
+                      << ", count as parameter " << (checked % 2 == 1));
             const std::string diff =
                 h.check(md::test::make_routing(routing, tokens, top_k, experts, rng));
             CHECK_MESSAGE(diff.empty(), diff);
@@ -270,6 +283,56 @@ TEST_CASE("the largest supported numel and 4096 experts run on the large variant
   CHECK_MESSAGE(diff.empty(), diff);
 }
 
+TEST_CASE("the edges of each variant's shapes: block sizes near 1024, most experts, most slots") {
+  std::mt19937 rng(23);
+  const Routing routings[] = {Routing::kUniform, Routing::kWithInvalid, Routing::kZipf};
+  int checked = 0;
+  // Block sizes near the maximum (1000: not a power of two), every variant that takes the shape.
+  for (const int block : {1000, 1024}) {
+    for (const int experts : {8, 256}) {
+      for (const mk::AlignVariant variant : kAllVariants) {
+        const int capacity = capacity_for(variant, 64, 8);
+        Harness h(capacity, experts, 8, block, block == 1000, variant);
+        for (const int tokens : {1, 7, 64}) {
+          if (tokens > capacity) continue;
+          const Routing routing = routings[static_cast<std::size_t>(checked) % 3];
+          INFO(name(variant) << " B " << block << " E " << experts << " tokens " << tokens);
+          const std::string diff =
+              h.check(md::test::make_routing(routing, tokens, 8, experts, rng));
+          CHECK_MESSAGE(diff.empty(), diff);
+          ++checked;
+        }
+      }
+    }
+  }
+  // 4096 experts at decode sizes: the three-kernel variant's blocks past its one chunk only write
+  // (E * B outputs), the tiny variant writes a 4 M-entry tail.
+  for (const mk::AlignVariant variant : {mk::AlignVariant::kTiny, mk::AlignVariant::kLarge}) {
+    for (const int block : {128, 1024}) {
+      Harness h(8, 4096, 8, block, false, variant);
+      for (const int tokens : {0, 1, 8}) {
+        INFO(name(variant) << " E 4096, B " << block << ", tokens " << tokens);
+        const std::string diff =
+            h.check(md::test::make_routing(Routing::kWithInvalid, tokens, 8, 4096, rng));
+        CHECK_MESSAGE(diff.empty(), diff);
+        ++checked;
+      }
+    }
+  }
+  // The small variant at its largest shared memory: E = 2048, 16384 slots.
+  {
+    Harness h(2048, 2048, 8, 16, false, mk::AlignVariant::kSmall);
+    for (const int tokens : {1, 1000, 2048}) {
+      INFO("small E 2048, tokens " << tokens);
+      const std::string diff =
+          h.check(md::test::make_routing(Routing::kZipf, tokens, 8, 2048, rng));
+      CHECK_MESSAGE(diff.empty(), diff);
+      ++checked;
+    }
+  }
+  CHECK(checked == 47);  // every shape above ran
+}
+
 TEST_CASE("top_k 32 and pad_sorted_ids match the reference") {
   std::mt19937 rng(12);
   for (const mk::AlignVariant variant : kAllVariants) {
@@ -290,14 +353,18 @@ TEST_CASE("expert_map drop and map_after modes match the reference") {
   for (const auto mode : {md::ExpertMapMode::kDrop, md::ExpertMapMode::kMapAfter}) {
     const md::ExpertMap map = md::split_experts(256, 1, 4, mode);
     for (const mk::AlignVariant variant : kAllVariants) {
-      const int capacity = capacity_for(variant, 1024, 8);
-      Harness h(capacity, 256, 8, 64, false, variant, &map);
-      for (const int tokens : {0, 1, 8, 100, 1024}) {
-        if (tokens > capacity) continue;
-        INFO(name(variant) << " mode=" << md::to_string(mode) << " tokens=" << tokens);
-        const std::string diff =
-            h.check(md::test::make_routing(Routing::kWithInvalid, tokens, 8, 256, rng));
-        CHECK_MESSAGE(diff.empty(), diff);
+      // 4 tokens: the tiny variant at one slot per lane; 1024: each variant at its largest here.
+      for (const int wanted : {4, 1024}) {
+        const int capacity = capacity_for(variant, wanted, 8);
+        Harness h(capacity, 256, 8, 64, false, variant, &map);
+        for (const int tokens : {0, 1, 3, 8, 100, 1024}) {
+          if (tokens > capacity) continue;
+          INFO(name(variant) << " mode=" << md::to_string(mode) << " capacity=" << capacity
+                             << " tokens=" << tokens);
+          const std::string diff =
+              h.check(md::test::make_routing(Routing::kWithInvalid, tokens, 8, 256, rng));
+          CHECK_MESSAGE(diff.empty(), diff);
+        }
       }
     }
   }
@@ -310,7 +377,7 @@ TEST_CASE("outputs that are not 16-byte aligned are exact and nothing before the
       for (const int tokens : {1, 64, 1000}) {
         for (const mk::AlignVariant variant : variants_for(std::int64_t{tokens} * 8, experts)) {
           INFO("E " << experts << ", B " << block << ", tokens " << tokens << ", variant "
-                    << static_cast<int>(variant));
+                    << name(variant));
           Harness h(tokens, experts, 8, block, false, variant, nullptr, 1);
           const auto ids = md::test::make_routing(Routing::kUniform, tokens, 8, experts, rng);
           const std::string diff = h.check(ids);
@@ -336,27 +403,62 @@ TEST_CASE("two runs on the same input are bit-identical") {
   }
 }
 
-TEST_CASE("a device count outside [0, capacity] is clamped and flagged, never read out of bounds") {
+TEST_CASE("a count outside [0, capacity] is clamped and flagged, never read out of bounds") {
   std::mt19937 rng(15);
+  const md::AlignShape shape{64, 2, 16, false};
   for (const mk::AlignVariant variant : kAllVariants) {
-    const int capacity = capacity_for(variant, 256, 2);
-    Harness h(capacity, 64, 2, 16, false, variant);
-    const auto ids = md::test::make_routing(Routing::kUniform, capacity, 2, 64, rng);
-    const md::AlignShape shape{64, 2, 16, false};
+    // 16 tokens: the tiny variant at one slot per lane; 256: each variant at its largest here.
+    for (const int wanted : {16, 256}) {
+      // In device memory (align_async, run_device_count) and as a kernel parameter (run()).
+      for (const bool parameter : {false, true}) {
+        const int capacity = capacity_for(variant, wanted, 2);
+        Harness h(capacity, 64, 2, 16, false, variant);
+        h.use_parameter_count(parameter);
+        const auto ids = md::test::make_routing(Routing::kUniform, capacity, 2, 64, rng);
+        INFO(name(variant) << " capacity " << capacity << ", count as parameter " << parameter);
 
-    INFO(name(variant));
-    const md::test::DeviceResult above = h.run(ids, 100000);
-    CHECK(above.counters[1] == 1);
-    CHECK(md::test::compare(md::align_reference(ids, shape), above, capacity).empty());
+        const md::test::DeviceResult above = h.run(ids, 100000);
+        CHECK(above.counters[1] == 1);
+        CHECK(md::test::compare(md::align_reference(ids, shape), above, capacity).empty());
 
-    const md::test::DeviceResult negative = h.run(ids, -5);
-    CHECK(negative.counters[1] == 1);
-    CHECK(md::test::compare(md::align_reference(std::vector<std::int32_t>{}, shape), negative, 0)
-              .empty());
+        const md::test::DeviceResult negative = h.run(ids, -5);
+        CHECK(negative.counters[1] == 1);
+        CHECK(
+            md::test::compare(md::align_reference(std::vector<std::int32_t>{}, shape), negative, 0)
+                .empty());
 
-    const md::test::DeviceResult inside = h.run(ids, capacity);
-    CHECK(inside.counters[1] == 0);
+        const md::test::DeviceResult inside = h.run(ids, capacity);
+        CHECK(inside.counters[1] == 0);
+        CHECK(md::test::compare(md::align_reference(ids, shape), inside, capacity).empty());
+      }
+    }
   }
+}
+
+TEST_CASE("a count passed as a kernel parameter gives the same outputs in every variant") {
+  std::mt19937 rng(24);
+  int checked = 0;
+  for (const int experts : {8, 256}) {
+    for (const int block : {16, 64}) {
+      for (const mk::AlignVariant variant : kAllVariants) {
+        for (const int wanted : {4, 2048}) {
+          const int capacity = capacity_for(variant, wanted, 8);
+          Harness h(capacity, experts, 8, block, false, variant);
+          h.use_parameter_count(true);
+          for (const int tokens : {0, 1, 3, 1000, capacity}) {
+            if (tokens > capacity) continue;
+            INFO(name(variant) << " E " << experts << ", B " << block << ", capacity " << capacity
+                               << ", tokens " << tokens);
+            const std::string diff =
+                h.check(md::test::make_routing(Routing::kWithInvalid, tokens, 8, experts, rng));
+            CHECK_MESSAGE(diff.empty(), diff);
+            ++checked;
+          }
+        }
+      }
+    }
+  }
+  CHECK(checked > 40);
 }
 
 TEST_CASE("a count below the capacity aligns only the true count, never the capacity") {
@@ -387,4 +489,7 @@ TEST_CASE("the planner picks one kernel for decode shapes") {
     }
   }
   CHECK(mk::plan_align(std::int64_t{1} << 20, 256, 64).variant == mk::AlignVariant::kLarge);
+  // Past the small variant's experts: tiny up to 64 slots, then three kernels.
+  CHECK(mk::plan_align(64, 4096, 16).variant == mk::AlignVariant::kTiny);
+  CHECK(mk::plan_align(65, 4096, 16).variant == mk::AlignVariant::kLarge);
 }
