@@ -21,25 +21,36 @@ namespace moe_dispatch::kernels {
 namespace {
 
 constexpr int kLargeThreads = 256;
-// Slots per thread: 2 while that keeps the grid at most 512 blocks (more blocks share the work of
-// mid-size steps: measured 16384 slots on 8 blocks of 8 items per thread ~2x slower than on 32),
-// 8 above (bounding the grid, the per-block histograms and the prefix rows for huge steps).
+// Slots per thread: 2 while that keeps the grid at most 512 blocks and the per-block histograms
+// (E + 1 entries per block) under 32768 entries, 4 while that keeps the grid at most 512 blocks, 8
+// above (bounding the grid, the histograms and the prefix rows for huge steps). More blocks share
+// the work of mid-size steps (16384 slots on 8 blocks of 8 slots per thread: ~2x slower than on
+// 32), but every block writes, scans and reads back E histogram entries. Measured (variant_bench,
+// top-8, B 128, E 256-4096, 256-16384 tokens, where this variant runs): 4 ahead of 2 from 32768
+// entries on (E 512 x 4096 tokens 11.6 -> 7.4 us, E 1024 x 16384 22.6 -> 18.9, E 4096 x 16384
+// 44.7 -> 37.6), except E 2048 and 4096 at 4096 tokens (22.4 against 20.3, 34.2 against 33.1);
+// 2 ahead below (E 512 x 1024 tokens: 6.5 against 7.0); 8 behind 4 but at E 4096 x 4096 (33.2).
 constexpr int kFewItems = 2;
+constexpr int kMidItems = 4;
 constexpr int kManyItems = 8;
-constexpr std::int64_t kFewItemsMaxNumel = std::int64_t{512} * kLargeThreads * kFewItems;
+constexpr int kMaxCountGrid = 512;
+constexpr std::int64_t kFewItemsMaxHistogram = 32768;
 constexpr int kLargeWarps = kLargeThreads / kWarp;
 constexpr int kPrefixThreads = 256;
 constexpr int kPrefixBatch = 8;     // 32-block chunks of a row loaded before scanning them
 constexpr int kMaxWriteGrid = 264;  // two blocks per SM of the H100
 
-constexpr int large_items(std::int64_t max_numel) {
-  return max_numel <= kFewItemsMaxNumel ? kFewItems : kManyItems;
+// Blocks of the count kernel at `items` slots per thread.
+constexpr std::int64_t large_grid(std::int64_t max_numel, int items) {
+  const std::int64_t chunk = std::int64_t{kLargeThreads} * items;
+  return max_numel <= chunk ? 1 : (max_numel + chunk - 1) / chunk;
 }
-// Slots per block.
-constexpr int large_chunk(std::int64_t max_numel) { return kLargeThreads * large_items(max_numel); }
-constexpr int large_grid(std::int64_t max_numel) {
-  const int chunk = large_chunk(max_numel);
-  return max_numel <= chunk ? 1 : static_cast<int>((max_numel + chunk - 1) / chunk);
+constexpr int large_items(std::int64_t max_numel, int num_experts) {
+  const std::int64_t few_grid = large_grid(max_numel, kFewItems);
+  if (few_grid <= kMaxCountGrid && (num_experts + 1) * few_grid < kFewItemsMaxHistogram) {
+    return kFewItems;
+  }
+  return large_grid(max_numel, kMidItems) <= kMaxCountGrid ? kMidItems : kManyItems;
 }
 
 // Scratch layout (int32): hist[(E + 1) * grid] (row E: invalid ids per block), totals[E + 1].
@@ -276,8 +287,8 @@ AlignPlan large_plan(std::int64_t max_numel, int num_experts, int block_size) {
   AlignPlan plan;
   plan.variant = AlignVariant::kLarge;
   plan.threads = kLargeThreads;
-  plan.items = large_items(max_numel);
-  plan.grid = large_grid(max_numel);
+  plan.items = large_items(max_numel, num_experts);
+  plan.grid = static_cast<int>(large_grid(max_numel, plan.items));
   // Blocks past the chunks rank nothing and only share the writing of expert_ids, the padding and
   // the tail (with many experts the outputs outgrow the slots: E = 1024, B = 128 is 131072
   // entries for 2048 slots).
@@ -295,8 +306,10 @@ std::size_t large_scratch_ints(const AlignPlan& plan, int num_experts) {
 cudaError_t launch_align_large(const AlignParams& params, const AlignPlan& plan,
                                cudaStream_t stream) {
   if (plan.threads != kLargeThreads) return cudaErrorInvalidConfiguration;
-  return plan.items == kFewItems ? launch_large<kFewItems>(params, plan, stream)
-                                 : launch_large<kManyItems>(params, plan, stream);
+  if (plan.items == kFewItems) return launch_large<kFewItems>(params, plan, stream);
+  if (plan.items == kMidItems) return launch_large<kMidItems>(params, plan, stream);
+  if (plan.items == kManyItems) return launch_large<kManyItems>(params, plan, stream);
+  return cudaErrorInvalidConfiguration;
 }
 
 }  // namespace moe_dispatch::kernels
