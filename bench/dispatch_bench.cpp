@@ -232,13 +232,15 @@ int bench_stage(const std::string& config_path, const std::string& json_path,
   const auto all_ids = uniform_routing(cfg.max_tokens(), cfg.top_k, cfg.num_experts, rng);
   MOE_DISPATCH_CUDA_CHECK(
       cudaMemcpy(stage.input(), all_ids.data(), all_ids.size() * 4, cudaMemcpyHostToDevice));
+  md::DeviceBuffer<std::int32_t> device_count(1);  // the count for run_device_count()
   const std::int64_t allocations_before = stage.stats().device_allocations;
 
   std::ostringstream json, table;
   json << "{\"mode\": \"stage\", \"config\": \"" << config_path << "\", \"rows\": [\n";
-  table << "| bucket | run() host µs | run() host µs, count changing | replay GPU µs | run+sync "
-           "p50 µs | run+sync p99 µs | eager GPU µs | eager+alloc GPU µs |\n"
-        << "|---|---|---|---|---|---|---|---|\n";
+  table << "| bucket | run() host µs | run() host µs, count changing | run_device_count() host µs "
+           "| replay GPU µs | run+sync p50 µs | run+sync p99 µs | eager GPU µs | eager+alloc GPU "
+           "µs |\n"
+        << "|---|---|---|---|---|---|---|---|---|\n";
   bool first = true;
   int previous_bucket = -1;  // counts previous_bucket + 1 .. bucket replay this bucket's graph
   for (const int bucket : cfg.buckets) {
@@ -246,20 +248,26 @@ int bench_stage(const std::string& config_path, const std::string& json_path,
     // once at a fixed count and once with the count changing every call between the bucket and the
     // smallest count it takes (as in serving, where each new count updates the graph's kernel
     // parameters; 0 when the bucket takes one count only).
-    const auto host_submit_us = [&](int other_count) {
+    // run_device_count() reads the count from device memory at replay time (one pointer, bound
+    // once), whatever it is.
+    const auto host_submit_us = [&](const auto& call) {
       std::vector<double> samples;
       for (int t = 0; t < 50; ++t) {
         const auto t0 = std::chrono::steady_clock::now();
-        for (int i = 0; i < 100; ++i) stage.run(i % 2 == 0 ? bucket : other_count, stream);
+        for (int i = 0; i < 100; ++i) call(i);
         const auto t1 = std::chrono::steady_clock::now();
         samples.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() / 100);
         MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
       }
       return median(samples);
     };
-    const double host = host_submit_us(bucket);
+    const double host = host_submit_us([&](int) { stage.run(bucket, stream); });
     const int smallest_count = previous_bucket + 1;
-    const double host_changing = smallest_count < bucket ? host_submit_us(smallest_count) : 0.0;
+    const auto changing = [&](int i) { stage.run(i % 2 == 0 ? bucket : smallest_count, stream); };
+    const double host_changing = smallest_count < bucket ? host_submit_us(changing) : 0.0;
+    MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(device_count.get(), &bucket, 4, cudaMemcpyHostToDevice));
+    const double host_device_count =
+        host_submit_us([&](int) { stage.run_device_count(device_count.get(), bucket, stream); });
     previous_bucket = bucket;
     const double replay = time_per_call_us(stream, 15, 1000, [&] { stage.run(bucket, stream); });
     std::vector<double> round_trip;
@@ -305,13 +313,15 @@ int bench_stage(const std::string& config_path, const std::string& json_path,
     const double p50 = percentile(round_trip, 0.5);
     const double p99 = percentile(round_trip, 0.99);
     json << (first ? "" : ",\n") << "  {\"bucket\": " << bucket << ", \"run_host_us\": " << host
-         << ", \"run_host_changing_us\": " << host_changing << ", \"replay_gpu_us\": " << replay
-         << ", \"round_trip_p50_us\": " << p50 << ", \"round_trip_p99_us\": " << p99
-         << ", \"eager_gpu_us\": " << eager << ", \"eager_alloc_gpu_us\": " << eager_alloc << "}";
+         << ", \"run_host_changing_us\": " << host_changing
+         << ", \"run_device_count_host_us\": " << host_device_count
+         << ", \"replay_gpu_us\": " << replay << ", \"round_trip_p50_us\": " << p50
+         << ", \"round_trip_p99_us\": " << p99 << ", \"eager_gpu_us\": " << eager
+         << ", \"eager_alloc_gpu_us\": " << eager_alloc << "}";
     first = false;
     table << "| " << bucket << " | " << fmt(host) << " | " << fmt(host_changing) << " | "
-          << fmt(replay) << " | " << fmt(p50) << " | " << fmt(p99) << " | " << fmt(eager) << " | "
-          << fmt(eager_alloc) << " |\n";
+          << fmt(host_device_count) << " | " << fmt(replay) << " | " << fmt(p50) << " | "
+          << fmt(p99) << " | " << fmt(eager) << " | " << fmt(eager_alloc) << " |\n";
     std::fprintf(stderr, "bucket %d done\n", bucket);
   }
   const std::int64_t allocations_after = stage.stats().device_allocations;

@@ -39,6 +39,7 @@ KERNEL_COLUMNS = [  # (header, JSON key, decimals; None: as is)
 STAGE_COLUMNS = [
     ("bucket", "bucket", None), ("run() host µs", "run_host_us", 2),
     ("run() host µs, count changing", "run_host_changing_us", 2),
+    ("run_device_count() host µs", "run_device_count_host_us", 2),
     ("replay GPU µs", "replay_gpu_us", 2), ("run+sync p50 µs", "round_trip_p50_us", 2),
     ("run+sync p99 µs", "round_trip_p99_us", 2), ("eager GPU µs", "eager_gpu_us", 2),
     ("eager+alloc GPU µs", "eager_alloc_gpu_us", 2),
