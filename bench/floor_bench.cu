@@ -3,7 +3,8 @@
 // and per replay of a one-node graph ("replay"), and the host time of one cudaGraphLaunch (the part
 // of DispatchStage::run() that is the driver's). Reference kernels: an empty one, and one that
 // loads a 32-slot row and stores it (the least a dispatch kernel must do: read the routing, write
-// an output), on 1 block and on 17 blocks (the tiny variant's grid at E = 256, B = 64).
+// an output), on 1 block and on 17 blocks (the tiny variant's grid at E = 256, B = 64). Then the
+// host cost of the runtime calls run() makes besides the launch.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -84,6 +85,21 @@ double host_launch_us(cudaGraphExec_t exec, cudaStream_t stream) {
   return samples[samples.size() / 2];
 }
 
+// Host time of one call of `query` (what DispatchStage::run() asks the runtime before its launch),
+// median of 50 batches of 1000.
+template <typename Query>
+double host_query_ns(const Query& query) {
+  std::vector<double> samples;
+  for (int t = 0; t < 50; ++t) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 1000; ++i) MOE_DISPATCH_CUDA_CHECK(query());
+    const auto t1 = std::chrono::steady_clock::now();
+    samples.push_back(std::chrono::duration<double, std::nano>(t1 - t0).count() / 1000);
+  }
+  std::sort(samples.begin(), samples.end());
+  return samples[samples.size() / 2];
+}
+
 }  // namespace
 
 int main() {
@@ -111,5 +127,42 @@ int main() {
                 median_us(one.get(), 1000, 1, stream.get()),
                 host_launch_us(one.get(), stream.get()));
   }
+  cudaStream_t s = stream.get();
+  int device = 0;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  std::printf("\n| runtime query (host) | ns per call |\n|---|---|\n");
+  std::printf("| cudaGetDevice | %.0f |\n", host_query_ns([&] { return cudaGetDevice(&device); }));
+  std::printf("| cudaStreamGetCaptureInfo | %.0f |\n", host_query_ns([&] {
+                return cudaStreamGetCaptureInfo(s, &status, nullptr, nullptr, nullptr, nullptr,
+                                                nullptr);
+              }));
+  std::printf("| cudaStreamGetDevice | %.0f |\n",
+              host_query_ns([&] { return cudaStreamGetDevice(s, &device); }));
+
+  // The update run() makes when the count changes: one kernel node's parameters on the executable
+  // graph (here the output pointer, alternating between two values).
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  launch_load_store(s, in.get(), out.get(), 1);
+  MOE_DISPATCH_CUDA_CHECK(cudaGetLastError());
+  cudaGraph_t raw = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamEndCapture(s, &raw));
+  const md::Graph graph(raw);
+  cudaGraphExec_t exec_raw = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
+  const md::GraphExec exec(exec_raw);
+  cudaGraphNode_t node = nullptr;
+  std::size_t num_nodes = 1;
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphGetNodes(graph.get(), &node, &num_nodes));
+  cudaKernelNodeParams params{};
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphKernelNodeGetParams(node, &params));
+  const int* in_arg = in.get();
+  int* out_args[2] = {out.get(), out.get() + 32};
+  int calls = 0;
+  std::printf("| cudaGraphExecKernelNodeSetParams | %.0f |\n", host_query_ns([&] {
+                void* args[] = {&in_arg, &out_args[calls++ & 1]};
+                params.kernelParams = args;
+                return cudaGraphExecKernelNodeSetParams(exec.get(), node, &params);
+              }));
+
   return 0;
 }
