@@ -4,8 +4,21 @@
 
 namespace moe_dispatch::detail {
 
+namespace {
+
+GraphExec instantiate(cudaGraph_t graph, cudaStream_t upload_stream) {
+  cudaGraphExec_t exec = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  GraphExec owned(exec);
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphUpload(exec, upload_stream));
+  return owned;
+}
+
+}  // namespace
+
 BucketGraph::BucketGraph(const kernels::AlignParams& params, const kernels::AlignPlan& plan,
-                         cudaStream_t capture_stream) {
+                         cudaStream_t capture_stream, int first_fixed, int last_fixed)
+    : first_fixed_(first_fixed) {
   MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(capture_stream, cudaStreamCaptureModeThreadLocal));
   const cudaError_t launched = kernels::launch_align(params, plan, capture_stream);
   cudaGraph_t captured = nullptr;
@@ -21,10 +34,13 @@ BucketGraph::BucketGraph(const kernels::AlignParams& params, const kernels::Alig
   // The node's argument as launched, including the fields launch_align derives.
   std::memcpy(&args_, first_params_.kernelParams[0], sizeof(args_));
 
-  cudaGraphExec_t exec = nullptr;
-  MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec, graph_.get(), 0));
-  exec_ = GraphExec(exec);
-  MOE_DISPATCH_CUDA_CHECK(cudaGraphUpload(exec, capture_stream));
+  exec_ = instantiate(graph_.get(), capture_stream);
+  bound_count_ = args_.host_num_tokens;
+  for (int count = first_fixed; count <= last_fixed; ++count) {
+    const cudaKernelNodeParams p = retarget(nullptr, count);
+    MOE_DISPATCH_CUDA_CHECK(cudaGraphKernelNodeSetParams(first_kernel_, &p));
+    fixed_.push_back(instantiate(graph_.get(), capture_stream));
+  }
 }
 
 cudaKernelNodeParams BucketGraph::retarget(const std::int32_t* d_num_tokens, int num_tokens) {
@@ -43,9 +59,15 @@ void BucketGraph::bind(const std::int32_t* d_num_tokens, int num_tokens) {
   MOE_DISPATCH_CUDA_CHECK(cudaGraphExecKernelNodeSetParams(exec_.get(), first_kernel_, &p));
   bound_pointer_ = d_num_tokens;
   bound_count_ = num_tokens;
+  ++parameter_updates_;
 }
 
 void BucketGraph::launch(int num_tokens, cudaStream_t stream) {
+  const auto fixed = static_cast<std::size_t>(num_tokens - first_fixed_);
+  if (num_tokens >= first_fixed_ && fixed < fixed_.size()) {
+    MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(fixed_[fixed].get(), stream));
+    return;
+  }
   bind(nullptr, num_tokens);
   MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec_.get(), stream));
 }

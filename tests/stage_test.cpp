@@ -137,6 +137,32 @@ TEST_CASE("2000 back-to-back runs with device-written routing and no host sync a
   CHECK(exact == steps);
 }
 
+TEST_CASE("buckets up to 64 tokens launch a graph per count: a changing count updates nothing") {
+  // small_config(): buckets 1, 8, 64, 256; the first three hold fixed-count graphs.
+  md::DispatchStage stage(small_config());
+  const md::Stream stream = md::make_stream();
+  std::mt19937 rng(25);
+  std::uniform_int_distribution<int> count(0, 256);
+  for (int step = 0; step < 200; ++step) {
+    const int first_counts[] = {0, 1, 5, 40, 200};  // every bucket at least once
+    const int n = step < 5 ? first_counts[step] : count(rng);
+    const auto ids = md::test::make_routing(Routing::kUniform, n, 2, 64, rng);
+    INFO("step " << step << ", tokens " << n);
+    const std::string diff = run_and_compare(stage, ids, stream.get());
+    CHECK_MESSAGE(diff.empty(), diff);
+  }
+  const md::StageStats stats = stage.stats();
+  const int expected_fixed[] = {2, 7, 56, 0};  // counts 0-1, 2-8, 9-64; none for 256
+  for (std::size_t b = 0; b < stats.buckets.size(); ++b) {
+    INFO("bucket " << stats.buckets[b].tokens);
+    CHECK(stats.buckets[b].fixed_count_graphs == expected_fixed[b]);
+    CHECK(stats.buckets[b].replays > 0);
+    if (b < 3) CHECK(stats.buckets[b].parameter_updates == 0);
+  }
+  // Bucket 256 took ~150 of the 200 random counts, almost all different from the one before.
+  CHECK(stats.buckets[3].parameter_updates > 100);
+}
+
 TEST_CASE("no device memory is allocated across 100k replays after construction") {
   md::DispatchStage stage(small_config());
   const md::Stream stream = md::make_stream();

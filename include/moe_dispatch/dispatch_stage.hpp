@@ -85,6 +85,13 @@ struct BucketStats {
   std::int64_t captures = 0;     // graphs captured for this bucket
   std::int64_t child_nodes = 0;  // times added to a caller's graph
   std::int64_t eager_runs = 0;   // runs launched without a graph (capture failed)
+  // Executable graphs with their count fixed, one per count the bucket takes (buckets of up to 64
+  // tokens): run() launches one of them and updates nothing. 0 for larger buckets.
+  int fixed_count_graphs = 0;
+  // Updates of the bucket graph's count source (cudaGraphExecKernelNodeSetParams, 0.65-1.2 us of
+  // host time each): run() with a count other than the last one outside the fixed-count graphs,
+  // or run_device_count() with another pointer.
+  std::int64_t parameter_updates = 0;
   bool captured = false;
 };
 
