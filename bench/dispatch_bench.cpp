@@ -5,12 +5,14 @@
 //     (medians of repeated trials) for
 //       eager    align_async() launched per call into persistent buffers (host launch included)
 //       graph    100 calls captured in one CUDA graph, replayed: kernel time without launch gaps
-//       replay   DispatchStage::run(): one graph replay per call, count set per call (what an
-//                engine pays per layer per step); floor: 1.7 us for a one-node graph
+//       replay   DispatchStage::run(): one graph replay per call (what an engine pays per layer
+//                per step); floor: 1.7 us for a one-node graph
 //   dispatch_bench stage CONFIG [--json FILE] [--md FILE]
-//     Per bucket of CONFIG: host submit time of run(), GPU time per replay, run()+sync round trip
-//     (p50/p99), against eager launches into persistent buffers and eager launches that allocate
-//     their outputs per call (stream-ordered cudaMallocAsync/cudaFreeAsync, as a framework op).
+//     Per bucket of CONFIG: host submit time of run() (count fixed, count changing every call) and
+//     of run_device_count(), GPU time per replay, run()+sync round trip (p50/p99), against eager
+//     launches into persistent buffers and eager launches that allocate their outputs per call
+//     (stream-ordered cudaMallocAsync/cudaFreeAsync, as a framework op); the stage's construction
+//     time.
 //
 // Uses only the public API. Routing is uniform random ids (distinct per token), never zeros.
 #include <algorithm>
@@ -224,7 +226,12 @@ int bench_stage(const std::string& config_path, const std::string& json_path,
                 const std::string& md_path) {
   md::DispatchConfig cfg = md::load_config(config_path);
   cfg.log = false;
+  MOE_DISPATCH_CUDA_CHECK(cudaFree(nullptr));  // the context exists before the clock starts
+  const auto construction_start = std::chrono::steady_clock::now();
   md::DispatchStage stage(cfg);
+  const double construction_ms = std::chrono::duration<double, std::milli>(
+                                     std::chrono::steady_clock::now() - construction_start)
+                                     .count();
   const md::AlignShape shape = md::shape_of(cfg);
   const md::Stream stream_owner = md::make_stream();
   cudaStream_t stream = stream_owner.get();
@@ -246,8 +253,7 @@ int bench_stage(const std::string& config_path, const std::string& json_path,
   for (const int bucket : cfg.buckets) {
     // Host submit: the time run() takes on the host, batches of 100 with the queue drained between;
     // once at a fixed count and once with the count changing every call between the bucket and the
-    // smallest count it takes (as in serving, where each new count updates the graph's kernel
-    // parameters; 0 when the bucket takes one count only).
+    // smallest count it takes (as in serving; 0 when the bucket takes one count only).
     // run_device_count() reads the count from device memory at replay time (one pointer, bound
     // once), whatever it is.
     const auto host_submit_us = [&](const auto& call) {
@@ -326,10 +332,13 @@ int bench_stage(const std::string& config_path, const std::string& json_path,
   }
   const std::int64_t allocations_after = stage.stats().device_allocations;
   json << "\n], \"allocations_after_construction\": " << (allocations_after - allocations_before)
-       << ", \"device_bytes\": " << stage.stats().device_bytes << "}\n";
+       << ", \"device_bytes\": " << stage.stats().device_bytes
+       << ", \"construction_ms\": " << construction_ms << "}\n";
   table << "\nAllocations by the stage after construction: "
         << (allocations_after - allocations_before)
-        << "; device bytes held: " << stage.stats().device_bytes << "\n";
+        << "; device bytes held: " << stage.stats().device_bytes
+        << "; construction (allocation, capture of every bucket): " << fmt(construction_ms, 1)
+        << " ms\n";
   write_file(json_path, json.str());
   write_file(md_path, table.str());
   std::printf("%s", table.str().c_str());

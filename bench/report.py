@@ -94,7 +94,9 @@ def markdown(args, kernels, stages):
                   table(stage["rows"], STAGE_COLUMNS),
                   f"Allocations by the stage after construction: "
                   f"{stage['allocations_after_construction']}; device bytes held: "
-                  f"{stage['device_bytes']} ({mib(stage['device_bytes'])})."]
+                  f"{stage['device_bytes']} ({mib(stage['device_bytes'])})"
+                  + (f"; construction {stage['construction_ms']:.1f} ms."
+                     if "construction_ms" in stage else ".")]
     for png, what in ((args.png, "stage"), (args.kernels_png, "kernels")):
         if png and args.md:  # the image, relative to the markdown file
             parts.append(f"![{what} plot]({os.path.relpath(png, os.path.dirname(args.md) or '.')})")

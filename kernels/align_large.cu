@@ -21,19 +21,19 @@ namespace moe_dispatch::kernels {
 namespace {
 
 constexpr int kLargeThreads = 256;
-// Slots per thread: 2 while that keeps the grid at most 512 blocks and the per-block histograms
-// (E + 1 entries per block) under 32768 entries, 4 while that keeps the grid at most 512 blocks, 8
-// above (bounding the grid, the histograms and the prefix rows for huge steps). More blocks share
-// the work of mid-size steps (16384 slots on 8 blocks of 8 slots per thread: ~2x slower than on
-// 32), but every block writes, scans and reads back E histogram entries. Measured (variant_bench,
-// top-8, B 128, E 256-4096, 256-16384 tokens, where this variant runs): 4 ahead of 2 from 32768
-// entries on (E 512 x 4096 tokens 11.6 -> 7.4 us, E 1024 x 16384 22.6 -> 18.9, E 4096 x 16384
-// 44.7 -> 37.6), except E 2048 and 4096 at 4096 tokens (22.4 against 20.3, 34.2 against 33.1);
-// 2 ahead below (E 512 x 1024 tokens: 6.5 against 7.0); 8 behind 4 but at E 4096 x 4096 (33.2).
+// Slots per thread, up to 262144 slots (2 per thread on at most 512 blocks): 2 while the per-block
+// histograms (E + 1 entries per block) stay under 32768 entries, else 4; above 262144 slots, 8
+// (bounding the grid, the histograms and the prefix rows for huge steps). More blocks share the
+// work of mid-size steps (16384 slots on 8 blocks of 8 slots per thread: ~2x slower than on 32),
+// but every block writes, scans and reads back E histogram entries. Measured (variant_bench,
+// top-8, B 128, E 256-4096, 1024-16384 tokens): where the rule picks 4, it is ahead of 2 (E 512 x
+// 4096 tokens 11.6 -> 7.4 us, E 1024 x 16384 22.6 -> 18.9, E 4096 x 16384 44.7 -> 37.6) except at
+// E 2048 and 4096 with 4096 tokens (22.4 against 20.3, 34.2 against 33.1); where it picks 2, 2 is
+// ahead (E 512 x 1024 tokens: 6.5 against 7.0); 8 was behind 4 at all but one of those points.
 constexpr int kFewItems = 2;
 constexpr int kMidItems = 4;
 constexpr int kManyItems = 8;
-constexpr int kMaxCountGrid = 512;
+constexpr std::int64_t kMidItemsMaxNumel = std::int64_t{512} * kLargeThreads * kFewItems;
 constexpr std::int64_t kFewItemsMaxHistogram = 32768;
 constexpr int kLargeWarps = kLargeThreads / kWarp;
 constexpr int kPrefixThreads = 256;
@@ -46,11 +46,9 @@ constexpr std::int64_t large_grid(std::int64_t max_numel, int items) {
   return max_numel <= chunk ? 1 : (max_numel + chunk - 1) / chunk;
 }
 constexpr int large_items(std::int64_t max_numel, int num_experts) {
-  const std::int64_t few_grid = large_grid(max_numel, kFewItems);
-  if (few_grid <= kMaxCountGrid && (num_experts + 1) * few_grid < kFewItemsMaxHistogram) {
-    return kFewItems;
-  }
-  return large_grid(max_numel, kMidItems) <= kMaxCountGrid ? kMidItems : kManyItems;
+  if (max_numel > kMidItemsMaxNumel) return kManyItems;
+  const std::int64_t histogram = (num_experts + 1) * large_grid(max_numel, kFewItems);
+  return histogram < kFewItemsMaxHistogram ? kFewItems : kMidItems;
 }
 
 // Scratch layout (int32): hist[(E + 1) * grid] (row E: invalid ids per block), totals[E + 1].

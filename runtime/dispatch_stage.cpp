@@ -61,7 +61,10 @@ struct AlignBuffers {
 
 // Buckets up to this many tokens hold one executable graph per count they take, so run() launches
 // without updating a kernel parameter (0.65-1.2 us of host time per new count, bench/floor_bench);
-// a decode loop's count changes nearly every step. Larger buckets update their one graph.
+// a decode loop's count changes nearly every step. Larger buckets update their one graph: their
+// counts are many, and a prefill step's kernels outlast the update. With the presets' buckets
+// (1, 2, 4, ..., 64) that is 65 extra executable graphs per stage (construction time in
+// docs/BENCHMARKS.md).
 constexpr int kFixedCountMaxTokens = 64;
 
 struct Bucket {
@@ -173,11 +176,11 @@ struct DispatchStage::Impl {
         throw CudaError(cudaErrorStreamCaptureInvalidated, "graph capture (injected by a test)",
                         __FILE__, __LINE__);
       }
-      const bool fixed = bucket.tokens <= kFixedCountMaxTokens;
+      const int fixed_counts =
+          bucket.tokens <= kFixedCountMaxTokens ? bucket.tokens - bucket.first_count + 1 : 0;
       bucket.graphs.emplace(params_for(main, main_input(), bucket.tokens), bucket.plan,
-                            capture_stream.get(), fixed ? bucket.first_count : 1,
-                            fixed ? bucket.tokens : 0);
-      bucket.stats.fixed_count_graphs = fixed ? bucket.tokens - bucket.first_count + 1 : 0;
+                            capture_stream.get(), bucket.first_count, fixed_counts);
+      bucket.stats.fixed_count_graphs = bucket.graphs->fixed_count_graphs();
       ++bucket.stats.captures;
       bucket.stats.captured = true;
       return &*bucket.graphs;
@@ -186,7 +189,8 @@ struct DispatchStage::Impl {
       cudaGetLastError();
       bucket.capture_failed = true;
       log("bucket " + count_text(bucket.tokens) +
-          ": graph capture failed, falling back to eager launches: " + error.what());
+          ": graph capture or instantiation failed, falling back to eager launches: " +
+          error.what());
       return nullptr;
     }
   }

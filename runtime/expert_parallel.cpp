@@ -183,7 +183,8 @@ ExpertParallelConfig expert_parallel_config(const DispatchConfig& cfg) {
 
 // Graphs of one bucket. The route kernel is the only node that reads the host count; each launch
 // updates its parameters in the executable graph (affecting later launches only, so back-to-back
-// launches with different counts do not race), as detail::BucketGraph does for the alignment.
+// launches with different counts do not race), as detail::BucketGraph does for the alignment in
+// buckets above 64 tokens.
 struct EpBucket {
   int tokens = 0;
   Graph dispatch_graph;

@@ -17,7 +17,7 @@ GraphExec instantiate(cudaGraph_t graph, cudaStream_t upload_stream) {
 }  // namespace
 
 BucketGraph::BucketGraph(const kernels::AlignParams& params, const kernels::AlignPlan& plan,
-                         cudaStream_t capture_stream, int first_fixed, int last_fixed)
+                         cudaStream_t capture_stream, int first_fixed, int num_fixed)
     : first_fixed_(first_fixed) {
   MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(capture_stream, cudaStreamCaptureModeThreadLocal));
   const cudaError_t launched = kernels::launch_align(params, plan, capture_stream);
@@ -35,8 +35,9 @@ BucketGraph::BucketGraph(const kernels::AlignParams& params, const kernels::Alig
   std::memcpy(&args_, first_params_.kernelParams[0], sizeof(args_));
 
   exec_ = instantiate(graph_.get(), capture_stream);
+  bound_pointer_ = args_.num_tokens;
   bound_count_ = args_.host_num_tokens;
-  for (int count = first_fixed; count <= last_fixed; ++count) {
+  for (int count = first_fixed; count < first_fixed + num_fixed; ++count) {
     const cudaKernelNodeParams p = retarget(nullptr, count);
     MOE_DISPATCH_CUDA_CHECK(cudaGraphKernelNodeSetParams(first_kernel_, &p));
     fixed_.push_back(instantiate(graph_.get(), capture_stream));

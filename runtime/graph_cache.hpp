@@ -1,11 +1,12 @@
 // The graph of one bucket: the alignment kernels captured once, instantiated and uploaded, then
-// retargeted per launch. Only the first kernel node reads the count (AlignParams::host_num_tokens
-// or AlignParams::num_tokens); a launch with another count updates that node's parameters in the
-// executable graph (cudaGraphExecKernelNodeSetParams), which affects only later launches, so
-// back-to-back launches with different counts do not race. Measured against a memset node that
-// writes the count into device memory before the kernels: one node fewer per replay. The update
-// costs 0.65-1.2 us of host time (bench/floor_bench), so a bucket may also hold one executable
-// graph per count it takes, each with its count fixed: a launch then updates nothing.
+// retargeted when the count source changes. Only the first kernel node reads the count
+// (AlignParams::host_num_tokens or AlignParams::num_tokens); a launch with another count updates
+// that node's parameters in the executable graph (cudaGraphExecKernelNodeSetParams), which affects
+// only later launches, so back-to-back launches with different counts do not race. Measured against
+// a memset node that writes the count into device memory before the kernels: one node fewer per
+// replay. The update costs 0.65-1.2 us of host time (bench/floor_bench), so a bucket may also hold
+// one executable graph per count it takes, each with its count fixed: a launch then updates
+// nothing.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -21,16 +22,17 @@ namespace moe_dispatch::detail {
 class BucketGraph {
  public:
   // Captures the kernels for `params`/`plan` on `capture_stream` (thread-local capture mode),
-  // instantiates and uploads the graph, and one more per count in [first_fixed, last_fixed]
-  // (none when first_fixed > last_fixed).
+  // instantiates and uploads the graph, and `num_fixed` more with the counts first_fixed,
+  // first_fixed + 1, ... fixed in them.
   BucketGraph(const kernels::AlignParams& params, const kernels::AlignPlan& plan,
-              cudaStream_t capture_stream, int first_fixed, int last_fixed);
+              cudaStream_t capture_stream, int first_fixed, int num_fixed);
 
   // Launches with the count given on the host, or read from device memory at replay.
   void launch(int num_tokens, cudaStream_t stream);
   void launch_device_count(const std::int32_t* d_num_tokens, cudaStream_t stream);
 
-  // Updates of the executable graph's count so far (launches with a fixed-count graph need none).
+  // Executable graphs with a fixed count, and updates of the other one's count source so far.
+  int fixed_count_graphs() const { return static_cast<int>(fixed_.size()); }
   std::int64_t parameter_updates() const { return parameter_updates_; }
 
   // Adds a copy of the graph to `parent` as a child node, with the count fixed or read from

@@ -489,6 +489,13 @@ TEST_CASE("the planner picks one kernel for decode shapes") {
     }
   }
   CHECK(mk::plan_align(std::int64_t{1} << 20, 256, 64).variant == mk::AlignVariant::kLarge);
+  // The three-kernel variant's slots per thread: 2 while the per-block histograms stay under
+  // 32768 entries, 4 from there up to 262144 slots, 8 above.
+  CHECK(mk::plan_align(32768, 510, 128, mk::AlignVariant::kLarge).items == 2);
+  CHECK(mk::plan_align(32768, 511, 128, mk::AlignVariant::kLarge).items == 4);
+  CHECK(mk::plan_align(131072, 256, 64, mk::AlignVariant::kLarge).items == 4);
+  CHECK(mk::plan_align(262144, 8, 64, mk::AlignVariant::kLarge).items == 2);
+  CHECK(mk::plan_align(262145, 8, 64, mk::AlignVariant::kLarge).items == 8);
   // Past the small variant's experts: tiny up to 64 slots, then three kernels.
   CHECK(mk::plan_align(64, 4096, 16).variant == mk::AlignVariant::kTiny);
   CHECK(mk::plan_align(65, 4096, 16).variant == mk::AlignVariant::kLarge);
