@@ -31,6 +31,9 @@ struct BucketUse {
   int tokens = 0;
   std::int64_t replays = 0;     // graph replays
   std::int64_t eager_runs = 0;  // runs without a graph (a bucket whose capture failed)
+  // Updates of a bucket graph's count (buckets of up to 64 tokens launch a graph per count and
+  // make none).
+  std::int64_t count_updates = 0;
 };
 
 struct DeviceMemory {

@@ -189,6 +189,7 @@ class GpuBackend final : public Backend {
     for (std::size_t i = 0; i < use.size() && i < start_use_.size(); ++i) {
       use[i].replays -= start_use_[i].replays;
       use[i].eager_runs -= start_use_[i].eager_runs;
+      use[i].count_updates -= start_use_[i].count_updates;
     }
     return use;
   }
@@ -294,6 +295,7 @@ class GpuBackend final : public Backend {
         use[i].tokens = stats.buckets[i].tokens;
         use[i].replays += stats.buckets[i].replays;
         use[i].eager_runs += stats.buckets[i].eager_runs;
+        use[i].count_updates += stats.buckets[i].parameter_updates;
       }
     }
     return use;

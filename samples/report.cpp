@@ -148,21 +148,24 @@ void print_summary(std::FILE* out, const RunSummary& s) {
   }
 
   const bool stage_use = !s.buckets.empty() && s.buckets.front().stage_use.has_value();
-  std::fprintf(out, "\n  %8s %8s %14s %11s\n", "bucket", "steps", "graph replays", "eager runs");
+  std::fprintf(out, "\n  %8s %8s %14s %11s %14s\n", "bucket", "steps", "graph replays",
+               "eager runs", "count updates");
   for (const BucketRow& row : s.buckets) {
     if (row.stage_use) {
-      std::fprintf(out, "  %8d %8lld %14lld %11lld\n", row.tokens,
+      std::fprintf(out, "  %8d %8lld %14lld %11lld %14lld\n", row.tokens,
                    static_cast<long long>(row.steps),
                    static_cast<long long>(row.stage_use->replays),
-                   static_cast<long long>(row.stage_use->eager_runs));
+                   static_cast<long long>(row.stage_use->eager_runs),
+                   static_cast<long long>(row.stage_use->count_updates));
     } else {
-      std::fprintf(out, "  %8d %8lld %14s %11s\n", row.tokens, static_cast<long long>(row.steps),
-                   "-", "-");
+      std::fprintf(out, "  %8d %8lld %14s %11s %14s\n", row.tokens,
+                   static_cast<long long>(row.steps), "-", "-", "-");
     }
   }
   if (stage_use) {
-    std::fprintf(
-        out, "  (graph replays and eager runs: DispatchStage::stats(), summed over the layers)\n");
+    std::fprintf(out,
+                 "  (graph replays, eager runs and count updates: DispatchStage::stats(), summed "
+                 "over the layers; buckets up to 64 tokens launch a graph per count)\n");
   }
 }
 
@@ -212,7 +215,8 @@ void write_json(const std::filesystem::path& path, const RunSummary& s) {
          << ", \"steps\": " << row.steps;
     if (row.stage_use) {
       file << ", \"replays\": " << row.stage_use->replays
-           << ", \"eager_runs\": " << row.stage_use->eager_runs;
+           << ", \"eager_runs\": " << row.stage_use->eager_runs
+           << ", \"count_updates\": " << row.stage_use->count_updates;
     }
     file << "}";
   }
