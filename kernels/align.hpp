@@ -15,8 +15,9 @@ namespace moe_dispatch::kernels {
 struct AlignParams {
   const std::int32_t* topk_ids = nullptr;  // [max_tokens * top_k], row-major
   // The true token count: read from device memory when num_tokens is set (written by earlier work
-  // on the stream), else host_num_tokens (a kernel parameter, fixed or updated in the graph). Either
-  // way it is clamped to [0, max_tokens] and the first kernel writes the value used to counters.
+  // on the stream), else host_num_tokens (a kernel parameter, fixed or updated in the graph).
+  // Either way it is clamped to [0, max_tokens] and the first kernel writes the value used to
+  // counters.
   const std::int32_t* num_tokens = nullptr;
   int host_num_tokens = 0;
   const std::int32_t* expert_map = nullptr;     // [num_experts] global -> local (or -1), or null
