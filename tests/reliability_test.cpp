@@ -816,7 +816,7 @@ TEST_CASE("a stage moved while work is queued keeps producing the right results"
 
 TEST_CASE("destroying a stage with work queued neither faults nor leaks") {
   const md::Stream stream = md::make_stream();
-  const md::DispatchConfig cfg = large_config();  // both variants' kernels
+  const md::DispatchConfig cfg = large_config();  // the small and the large variant's kernels
   {
     // Warm up: kernels loaded and graph machinery initialized before the baseline.
     md::DispatchStage warm(cfg);
