@@ -101,7 +101,9 @@ struct BucketStats {
 
 struct StageStats {
   std::vector<BucketStats> buckets;
-  std::int64_t device_bytes = 0;        // device memory held by the stage now
+  // Device memory the stage allocated and holds now (buffers; the driver's own memory for the
+  // executable graphs is not included).
+  std::int64_t device_bytes = 0;
   std::int64_t device_allocations = 0;  // cudaMalloc calls made by the stage, ever
   std::int64_t overflow_runs = 0;       // runs above the largest bucket (OverflowPolicy::kEager)
   std::int64_t overflow_growths = 0;    // times the overflow buffers grew
