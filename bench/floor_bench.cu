@@ -35,8 +35,8 @@ void launch_load_store(cudaStream_t stream, const int* in, int* out, int grid) {
   load_store_kernel<<<grid, 128, 0, stream>>>(in, out);
 }
 
-md::GraphExec capture(Launch launch, int calls, cudaStream_t stream, const int* in, int* out,
-                      int grid) {
+md::Graph capture_graph(Launch launch, int calls, cudaStream_t stream, const int* in, int* out,
+                        int grid) {
   MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
   for (int i = 0; i < calls; ++i) {
     launch(stream, in, out, grid);
@@ -44,11 +44,20 @@ md::GraphExec capture(Launch launch, int calls, cudaStream_t stream, const int* 
   }
   cudaGraph_t raw = nullptr;
   MOE_DISPATCH_CUDA_CHECK(cudaStreamEndCapture(stream, &raw));
-  const md::Graph graph(raw);
+  return md::Graph(raw);
+}
+
+md::GraphExec instantiate(const md::Graph& graph, cudaStream_t stream) {
   cudaGraphExec_t exec = nullptr;
   MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec, graph.get(), 0));
+  md::GraphExec owned(exec);
   MOE_DISPATCH_CUDA_CHECK(cudaGraphUpload(exec, stream));
-  return md::GraphExec(exec);
+  return owned;
+}
+
+md::GraphExec capture(Launch launch, int calls, cudaStream_t stream, const int* in, int* out,
+                      int grid) {
+  return instantiate(capture_graph(launch, calls, stream, in, out, grid), stream);
 }
 
 // Median over 15 samples of (time of `launches` launches of exec) / (calls per launch).
@@ -141,15 +150,8 @@ int main() {
 
   // The update run() makes when the count changes: one kernel node's parameters on the executable
   // graph (here the output pointer, alternating between two values).
-  MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-  launch_load_store(s, in.get(), out.get(), 1);
-  MOE_DISPATCH_CUDA_CHECK(cudaGetLastError());
-  cudaGraph_t raw = nullptr;
-  MOE_DISPATCH_CUDA_CHECK(cudaStreamEndCapture(s, &raw));
-  const md::Graph graph(raw);
-  cudaGraphExec_t exec_raw = nullptr;
-  MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
-  const md::GraphExec exec(exec_raw);
+  const md::Graph graph = capture_graph(launch_load_store, 1, s, in.get(), out.get(), 1);
+  const md::GraphExec exec = instantiate(graph, s);
   cudaGraphNode_t node = nullptr;
   std::size_t num_nodes = 1;
   MOE_DISPATCH_CUDA_CHECK(cudaGraphGetNodes(graph.get(), &node, &num_nodes));

@@ -38,6 +38,18 @@ __device__ __forceinline__ void write_count_counters(const AlignParams& p, int n
   p.counters[kCounterTokens] = num_tokens;
 }
 
+// The expert a valid id (in [0, E)) is counted under: expert_map[id] when the map applies before
+// counting (-1: the id's expert is not local, the slot is skipped), else the id.
+__device__ __forceinline__ int counted_expert(const AlignParams& p, int id) {
+  return (p.expert_map != nullptr && !p.map_after) ? __ldg(p.expert_map + id) : id;
+}
+
+// What expert_ids holds for the blocks of expert e's segment: expert_map[e] when the map applies
+// after counting, else e.
+__device__ __forceinline__ int block_owner(const AlignParams& p, int e) {
+  return (p.expert_map != nullptr && p.map_after) ? __ldg(p.expert_map + e) : e;
+}
+
 // Entries of sorted_token_ids defined for numel slots (int: at most 2^24 + 4096 * 1023).
 __device__ __forceinline__ int sorted_extent(const AlignParams& p, int numel) {
   const int cap = numel + p.num_experts * (p.block_size - 1);
@@ -102,7 +114,7 @@ __device__ __forceinline__ int rank_warp_slots(const AlignParams& p, std::int64_
     if (slot < numel) {
       const int id = ids[j];
       bad = id < 0 || id >= p.num_experts;
-      if (!bad) expert = (p.expert_map != nullptr && !p.map_after) ? __ldg(p.expert_map + id) : id;
+      if (!bad) expert = counted_expert(p, id);
     }
     invalid += __popc(__ballot_sync(kFullMask, bad));
     const unsigned peers = same_key_lanes(expert + 1, key_bits);
@@ -280,7 +292,7 @@ __device__ __forceinline__ void write_segments(const AlignParams& p, const int* 
     if (count == 0) continue;
     const int start = starts[e];
     const int blocks = segment_blocks(p, count);
-    const int owner = (p.expert_map != nullptr && p.map_after) ? __ldg(p.expert_map + e) : e;
+    const int owner = block_owner(p, e);
 #pragma unroll 1
     for (int b = member; b < blocks; b += group) p.expert_ids[start + b] = owner;
     const int end = (start + blocks) * p.block_size;

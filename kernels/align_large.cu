@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(kThreads) align_count_kernel(const AlignParams
     const int id = ids[j];
     int expert = p.num_experts;  // invalid ids are counted in entry E
     if (id >= 0 && id < p.num_experts) {
-      expert = (p.expert_map != nullptr && !p.map_after) ? __ldg(p.expert_map + id) : id;
+      expert = counted_expert(p, id);
     }
     if (expert >= 0) atomicAdd(hist + expert, 1);  // -1: mapped to no local expert, dropped
   }

@@ -124,11 +124,7 @@ __device__ __forceinline__ void write_output_block(const AlignParams& p, const T
     }
   }
   const int lane = threadIdx.x % kWarp;
-  if (lane == 0) {
-    const int expert = key - 1;
-    p.expert_ids[b] =
-        (p.expert_map != nullptr && p.map_after) ? __ldg(p.expert_map + expert) : expert;
-  }
+  if (lane == 0) p.expert_ids[b] = block_owner(p, key - 1);
   // Offsets in the block from the segment's end on are padding (only its last block has any).
   const int first_padding = count - (b - start) * p.block_size;
 #pragma unroll 1
@@ -158,7 +154,7 @@ __global__ void __launch_bounds__(kTinyThreads) align_tiny_kernel(const AlignPar
     const int id = ids[j];
     bad[j] = id < 0 || id >= p.num_experts;
     int expert = -1;
-    if (!bad[j]) expert = (p.expert_map != nullptr && !p.map_after) ? __ldg(p.expert_map + id) : id;
+    if (!bad[j]) expert = counted_expert(p, id);
     s.key[j] = expert + 1;
   }
   unsigned valid[kItems];

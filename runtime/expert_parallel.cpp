@@ -9,6 +9,7 @@
 #include "kernels/ep_permute.hpp"
 #include "moe_dispatch/align.hpp"
 #include "moe_dispatch/align_async.hpp"
+#include "runtime/graph_cache.hpp"
 
 // Checks an ncclResult_t-returning expression; throws moe_dispatch::NcclError naming the call.
 #define MOE_DISPATCH_NCCL_CHECK(expr)                                                        \
@@ -452,14 +453,6 @@ struct ExpertParallelDispatch::Impl {
     return graph;
   }
 
-  GraphExec instantiate(const Graph& graph) {
-    cudaGraphExec_t exec = nullptr;
-    MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec, graph.get(), 0));
-    GraphExec owned(exec);
-    MOE_DISPATCH_CUDA_CHECK(cudaGraphUpload(exec, capture_stream.get()));
-    return owned;
-  }
-
   void capture_bucket(EpBucket& b) {
     const int cap = b.tokens;
     b.dispatch_graph = capture([&](cudaStream_t s) {
@@ -483,13 +476,13 @@ struct ExpertParallelDispatch::Impl {
       b.local = run_unpack(cap, s);
     });
     b.bound_count = 0;
-    b.dispatch_exec = instantiate(b.dispatch_graph);
+    b.dispatch_exec = detail::instantiate_uploaded(b.dispatch_graph.get(), capture_stream.get());
     b.combine_graph = capture([&](cudaStream_t s) {
       run_reduce(cap, s);
       run_exchange_combine(cap, s);
       run_gather(cap, s);
     });
-    b.combine_exec = instantiate(b.combine_graph);
+    b.combine_exec = detail::instantiate_uploaded(b.combine_graph.get(), capture_stream.get());
   }
 
   // Sets the count the route node of the bucket's executable graph uses, unless it holds it.

@@ -4,17 +4,13 @@
 
 namespace moe_dispatch::detail {
 
-namespace {
-
-GraphExec instantiate(cudaGraph_t graph, cudaStream_t upload_stream) {
+GraphExec instantiate_uploaded(cudaGraph_t graph, cudaStream_t upload_stream) {
   cudaGraphExec_t exec = nullptr;
   MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
   GraphExec owned(exec);
   MOE_DISPATCH_CUDA_CHECK(cudaGraphUpload(exec, upload_stream));
   return owned;
 }
-
-}  // namespace
 
 BucketGraph::BucketGraph(const kernels::AlignParams& params, const kernels::AlignPlan& plan,
                          cudaStream_t capture_stream, int first_fixed, int num_fixed)
@@ -34,13 +30,13 @@ BucketGraph::BucketGraph(const kernels::AlignParams& params, const kernels::Alig
   // The node's argument as launched, including the fields launch_align derives.
   std::memcpy(&args_, first_params_.kernelParams[0], sizeof(args_));
 
-  exec_ = instantiate(graph_.get(), capture_stream);
+  exec_ = instantiate_uploaded(graph_.get(), capture_stream);
   bound_pointer_ = args_.num_tokens;
   bound_count_ = args_.host_num_tokens;
   for (int count = first_fixed; count < first_fixed + num_fixed; ++count) {
     const cudaKernelNodeParams p = retarget(nullptr, count);
     MOE_DISPATCH_CUDA_CHECK(cudaGraphKernelNodeSetParams(first_kernel_, &p));
-    fixed_.push_back(instantiate(graph_.get(), capture_stream));
+    fixed_.push_back(instantiate_uploaded(graph_.get(), capture_stream));
   }
 }
 

@@ -19,6 +19,9 @@
 
 namespace moe_dispatch::detail {
 
+// Instantiates `graph` and uploads it on `upload_stream`, so its first launch pays no upload.
+GraphExec instantiate_uploaded(cudaGraph_t graph, cudaStream_t upload_stream);
+
 class BucketGraph {
  public:
   // Captures the kernels for `params`/`plan` on `capture_stream` (thread-local capture mode),
