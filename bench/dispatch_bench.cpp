@@ -7,12 +7,13 @@
 //       graph    100 calls captured in one CUDA graph, replayed: kernel time without launch gaps
 //       replay   DispatchStage::run(): one graph replay per call (what an engine pays per layer
 //                per step); floor: 1.7 us for a one-node graph
-//   dispatch_bench stage CONFIG [--json FILE] [--md FILE]
+//   dispatch_bench stage CONFIG [--fixed-count-graphs-up-to N] [--json FILE] [--md FILE]
 //     Per bucket of CONFIG: host submit time of run() (count fixed, count changing every call) and
 //     of run_device_count(), GPU time per replay, run()+sync round trip (p50/p99), against eager
 //     launches into persistent buffers and eager launches that allocate their outputs per call
 //     (stream-ordered cudaMallocAsync/cudaFreeAsync, as a framework op); the stage's construction
-//     time.
+//     time and the device memory it took (driver included). The flag overrides the config's
+//     fixed_count_graphs_up_to.
 //
 // Uses only the public API. Routing is uniform random ids (distinct per token), never zeros.
 #include <algorithm>
@@ -21,6 +22,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -222,16 +224,23 @@ int bench_kernels(const std::string& json_path, const std::string& md_path) {
   return 0;
 }
 
-int bench_stage(const std::string& config_path, const std::string& json_path,
-                const std::string& md_path) {
+int bench_stage(const std::string& config_path, std::optional<int> fixed_count_graphs_up_to,
+                const std::string& json_path, const std::string& md_path) {
   md::DispatchConfig cfg = md::load_config(config_path);
   cfg.log = false;
+  if (fixed_count_graphs_up_to) cfg.fixed_count_graphs_up_to = *fixed_count_graphs_up_to;
   MOE_DISPATCH_CUDA_CHECK(cudaFree(nullptr));  // the context exists before the clock starts
+  std::size_t free_before = 0, free_after = 0, total = 0;
+  MOE_DISPATCH_CUDA_CHECK(cudaMemGetInfo(&free_before, &total));
   const auto construction_start = std::chrono::steady_clock::now();
   md::DispatchStage stage(cfg);
   const double construction_ms = std::chrono::duration<double, std::milli>(
                                      std::chrono::steady_clock::now() - construction_start)
                                      .count();
+  MOE_DISPATCH_CUDA_CHECK(cudaMemGetInfo(&free_after, &total));
+  const double construction_mib = static_cast<double>(free_before - free_after) / (1 << 20);
+  int fixed_graphs = 0;
+  for (const md::BucketStats& b : stage.stats().buckets) fixed_graphs += b.fixed_count_graphs;
   const md::AlignShape shape = md::shape_of(cfg);
   const md::Stream stream_owner = md::make_stream();
   cudaStream_t stream = stream_owner.get();
@@ -243,7 +252,8 @@ int bench_stage(const std::string& config_path, const std::string& json_path,
   const std::int64_t allocations_before = stage.stats().device_allocations;
 
   std::ostringstream json, table;
-  json << "{\"mode\": \"stage\", \"config\": \"" << config_path << "\", \"rows\": [\n";
+  json << "{\"mode\": \"stage\", \"config\": \"" << config_path
+       << "\", \"fixed_count_graphs_up_to\": " << cfg.fixed_count_graphs_up_to << ", \"rows\": [\n";
   table << "| bucket | run() host µs | run() host µs, count changing | run_device_count() host µs "
            "| replay GPU µs | run+sync p50 µs | run+sync p99 µs | eager GPU µs | eager+alloc GPU "
            "µs |\n"
@@ -333,12 +343,17 @@ int bench_stage(const std::string& config_path, const std::string& json_path,
   const std::int64_t allocations_after = stage.stats().device_allocations;
   json << "\n], \"allocations_after_construction\": " << (allocations_after - allocations_before)
        << ", \"device_bytes\": " << stage.stats().device_bytes
-       << ", \"construction_ms\": " << construction_ms << "}\n";
+       << ", \"construction_ms\": " << construction_ms
+       << ", \"construction_device_mib\": " << construction_mib
+       << ", \"fixed_count_graphs\": " << fixed_graphs << "}\n";
   table << "\nAllocations by the stage after construction: "
         << (allocations_after - allocations_before)
         << "; device bytes held: " << stage.stats().device_bytes
         << "; construction (allocation, capture of every bucket): " << fmt(construction_ms, 1)
-        << " ms\n";
+        << " ms, " << fmt(construction_mib, 1) << " MiB of device memory (driver included); "
+        << fixed_graphs
+        << " fixed-count graphs (fixed_count_graphs_up_to: " << cfg.fixed_count_graphs_up_to
+        << ")\n";
   write_file(json_path, json.str());
   write_file(md_path, table.str());
   std::printf("%s", table.str().c_str());
@@ -351,8 +366,11 @@ int main(int argc, char** argv) {
   try {
     std::vector<std::string> args(argv + 1, argv + argc);
     std::string json_path, md_path, mode, config;
+    std::optional<int> fixed_count_graphs_up_to;
     for (std::size_t i = 0; i < args.size(); ++i) {
-      if (args[i] == "--json" && i + 1 < args.size()) {
+      if (args[i] == "--fixed-count-graphs-up-to" && i + 1 < args.size()) {
+        fixed_count_graphs_up_to = std::stoi(args[++i]);
+      } else if (args[i] == "--json" && i + 1 < args.size()) {
         json_path = args[++i];
       } else if (args[i] == "--md" && i + 1 < args.size()) {
         md_path = args[++i];
@@ -375,10 +393,13 @@ int main(int argc, char** argv) {
     MOE_DISPATCH_CUDA_CHECK(cudaDriverGetVersion(&driver));
     std::fprintf(stderr, "dispatch_bench on %s (driver API %d)\n", prop.name, driver);
     if (mode == "kernels") return bench_kernels(json_path, md_path);
-    if (mode == "stage" && !config.empty()) return bench_stage(config, json_path, md_path);
+    if (mode == "stage" && !config.empty()) {
+      return bench_stage(config, fixed_count_graphs_up_to, json_path, md_path);
+    }
     std::fprintf(stderr,
                  "usage: dispatch_bench kernels [--json F] [--md F]\n"
-                 "       dispatch_bench stage CONFIG [--json F] [--md F]\n");
+                 "       dispatch_bench stage CONFIG [--fixed-count-graphs-up-to N] [--json F] "
+                 "[--md F]\n");
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dispatch_bench: %s\n", e.what());

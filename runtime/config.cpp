@@ -185,6 +185,7 @@ void validate(const DispatchConfig& cfg) {
   check_capacity(cfg);  // after expert_parallel: it needs a valid world_size
   if (cfg.expert_map) check_expert_map(*cfg.expert_map, cfg.num_experts);
   if (cfg.expert_parallel) check_with_expert_parallel(cfg);
+  check_range("fixed_count_graphs_up_to", cfg.fixed_count_graphs_up_to, 0, kMaxFixedCountTokens);
   if (cfg.device < 0) {
     fail("device", std::to_string(cfg.device) + " is negative", "a CUDA device ordinal >= 0");
   }
@@ -276,6 +277,7 @@ std::string to_yaml(const DispatchConfig& cfg) {
   out << "pad_sorted_ids: " << (cfg.pad_sorted_ids ? "true" : "false") << '\n';
   out << "overflow: " << to_string(cfg.overflow) << '\n';
   out << "capture: " << to_string(cfg.capture) << '\n';
+  out << "fixed_count_graphs_up_to: " << cfg.fixed_count_graphs_up_to << '\n';
   out << "device: " << cfg.device << '\n';
   out << "log: " << (cfg.log ? "true" : "false") << '\n';
   if (cfg.expert_map) {

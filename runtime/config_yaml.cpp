@@ -49,6 +49,7 @@ const std::vector<KeySpec>& top_level_keys() {
       {"pad_sorted_ids", false, "true or false"},
       {"overflow", false, "error or eager"},
       {"capture", false, "eager or lazy"},
+      {"fixed_count_graphs_up_to", false, int_range(0, kMaxFixedCountTokens)},
       {"device", false, "an integer >= 0 (a CUDA device ordinal)"},
       {"log", false, "true or false"},
       {"expert_map", false,
@@ -530,6 +531,10 @@ DispatchConfig parse_config(std::string_view yaml_text, const std::string& sourc
   if (has("capture")) {
     constexpr std::array kModes = {CaptureMode::kEager, CaptureMode::kLazy};
     cfg.capture = read_enum(errors, value_of("capture"), kModes, allowed("capture"));
+  }
+  if (has("fixed_count_graphs_up_to")) {
+    cfg.fixed_count_graphs_up_to =
+        read_int(errors, value_of("fixed_count_graphs_up_to"), allowed("fixed_count_graphs_up_to"));
   }
   if (has("device")) cfg.device = read_int(errors, value_of("device"), allowed("device"));
   if (has("log")) cfg.log = read_bool(errors, value_of("log"), allowed("log"));

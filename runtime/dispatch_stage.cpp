@@ -59,14 +59,6 @@ struct AlignBuffers {
   }
 };
 
-// Buckets up to this many tokens hold one executable graph per count they take, so run() launches
-// without updating a kernel parameter (0.65-1.2 us of host time per new count, bench/floor_bench);
-// a decode loop's count changes nearly every step. Larger buckets update their one graph: their
-// counts are many, and a prefill step's kernels outlast the update. With the presets' buckets
-// (1, 2, 4, ..., 64) that is 65 extra executable graphs per stage (construction time in
-// docs/BENCHMARKS.md).
-constexpr int kFixedCountMaxTokens = 64;
-
 struct Bucket {
   int tokens = 0;
   int first_count = 0;  // the smallest count this bucket takes (the previous bucket + 1)
@@ -176,8 +168,14 @@ struct DispatchStage::Impl {
         throw CudaError(cudaErrorStreamCaptureInvalidated, "graph capture (injected by a test)",
                         __FILE__, __LINE__);
       }
-      const int fixed_counts =
-          bucket.tokens <= kFixedCountMaxTokens ? bucket.tokens - bucket.first_count + 1 : 0;
+      // Buckets up to fixed_count_graphs_up_to tokens hold one executable graph per count, so
+      // run() launches without updating a kernel parameter (0.65-1.2 us of host time per new
+      // count, bench/floor_bench); a decode loop's count changes nearly every step. Larger
+      // buckets update their one graph: their counts are many, and a prefill step's kernels
+      // outlast the update.
+      const int fixed_counts = bucket.tokens <= config.fixed_count_graphs_up_to
+                                   ? bucket.tokens - bucket.first_count + 1
+                                   : 0;
       bucket.graphs.emplace(params_for(main, main_input(), bucket.tokens), bucket.plan,
                             capture_stream.get(), bucket.first_count, fixed_counts);
       bucket.stats.fixed_count_graphs = bucket.graphs->fixed_count_graphs();

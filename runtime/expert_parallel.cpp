@@ -75,6 +75,9 @@ DispatchConfig local_config(const ExpertParallelConfig& cfg, const ExpertPlaceme
   for (int& b : local.buckets) b *= cfg.world_size;
   local.capture = CaptureMode::kEager;
   local.overflow = OverflowPolicy::kError;
+  // The local stage only runs with the received count in device memory (run_device_count()),
+  // which never launches a fixed-count graph.
+  local.fixed_count_graphs_up_to = 0;
   return local;
 }
 
@@ -185,7 +188,7 @@ ExpertParallelConfig expert_parallel_config(const DispatchConfig& cfg) {
 // Graphs of one bucket. The route kernel is the only node that reads the host count; each launch
 // updates its parameters in the executable graph (affecting later launches only, so back-to-back
 // launches with different counts do not race), as detail::BucketGraph does for the alignment in
-// buckets above 64 tokens.
+// buckets without fixed-count graphs.
 struct EpBucket {
   int tokens = 0;
   Graph dispatch_graph;

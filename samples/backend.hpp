@@ -31,8 +31,8 @@ struct BucketUse {
   int tokens = 0;
   std::int64_t replays = 0;     // graph replays
   std::int64_t eager_runs = 0;  // runs without a graph (a bucket whose capture failed)
-  // Updates of a bucket graph's count (buckets of up to 64 tokens launch a graph per count and
-  // make none).
+  // Updates of a bucket graph's count (buckets of up to fixed_count_graphs_up_to tokens, 64 by
+  // default, launch a graph per count and make none).
   std::int64_t count_updates = 0;
 };
 

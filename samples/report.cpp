@@ -163,9 +163,11 @@ void print_summary(std::FILE* out, const RunSummary& s) {
     }
   }
   if (stage_use) {
-    std::fprintf(out,
-                 "  (graph replays, eager runs and count updates: DispatchStage::stats(), summed "
-                 "over the layers; buckets up to 64 tokens launch a graph per count)\n");
+    std::fprintf(
+        out,
+        "  (graph replays, eager runs and count updates: DispatchStage::stats(), summed "
+        "over the layers; buckets up to fixed_count_graphs_up_to tokens, 64 by default, launch a "
+        "graph per count)\n");
   }
 }
 

@@ -12,7 +12,8 @@
 //               int for bool, unknown overflow policy, unknown capture mode, scalar for buckets,
 //               float inside buckets, list for expert_map
 //   ranges:     num_experts 0, num_experts above 4096, top_k above num_experts, top_k above 32,
-//               block_size 0, block_size above 1024, negative device
+//               block_size 0, block_size above 1024, negative device, fixed_count_graphs_up_to
+//               negative, above 4096 or a word
 //   buckets:    empty, unsorted, duplicate, non-positive, largest bucket over the capacity limit
 //   expert_map: unknown key, experts and rank both given, neither given, rank without world_size,
 //               experts of the wrong length, local id out of range, repeated local id, rank out of
@@ -96,6 +97,7 @@ void check_same(const DispatchConfig& a, const DispatchConfig& b) {
   CHECK(a.pad_sorted_ids == b.pad_sorted_ids);
   CHECK(a.overflow == b.overflow);
   CHECK(a.capture == b.capture);
+  CHECK(a.fixed_count_graphs_up_to == b.fixed_count_graphs_up_to);
   CHECK(a.device == b.device);
   CHECK(a.log == b.log);
   REQUIRE(a.expert_map.has_value() == b.expert_map.has_value());
@@ -177,6 +179,7 @@ TEST_CASE("default.yaml spells out every default") {
   CHECK(cfg.pad_sorted_ids == defaults.pad_sorted_ids);
   CHECK(cfg.overflow == defaults.overflow);
   CHECK(cfg.capture == defaults.capture);
+  CHECK(cfg.fixed_count_graphs_up_to == defaults.fixed_count_graphs_up_to);
   CHECK(cfg.device == defaults.device);
   CHECK(cfg.log == defaults.log);
   CHECK_FALSE(cfg.expert_parallel.has_value());
@@ -191,6 +194,7 @@ TEST_CASE("keys left out take their defaults") {
   CHECK_FALSE(cfg.pad_sorted_ids);
   CHECK(cfg.overflow == OverflowPolicy::kError);
   CHECK(cfg.capture == CaptureMode::kEager);
+  CHECK(cfg.fixed_count_graphs_up_to == 64);
   CHECK(cfg.device == 0);
   CHECK(cfg.log);
   CHECK_FALSE(cfg.expert_map.has_value());
@@ -208,6 +212,7 @@ TEST_CASE("every key can be set from YAML") {
       "pad_sorted_ids: true\n"
       "overflow: eager\n"
       "capture: 'lazy'\n"
+      "fixed_count_graphs_up_to: 0\n"
       "device: 1\n"
       "log: false\n"
       "expert_map:\n"
@@ -221,6 +226,7 @@ TEST_CASE("every key can be set from YAML") {
   CHECK(cfg.pad_sorted_ids);
   CHECK(cfg.overflow == OverflowPolicy::kEager);
   CHECK(cfg.capture == CaptureMode::kLazy);
+  CHECK(cfg.fixed_count_graphs_up_to == 0);
   CHECK(cfg.device == 1);
   CHECK_FALSE(cfg.log);
   REQUIRE(cfg.expert_map.has_value());
@@ -305,15 +311,16 @@ TEST_CASE("to_yaml writes every key and reads back to the same config") {
   custom.pad_sorted_ids = true;
   custom.overflow = OverflowPolicy::kEager;
   custom.capture = CaptureMode::kLazy;
+  custom.fixed_count_graphs_up_to = 512;
   custom.device = 3;
   custom.log = false;
   custom.expert_map = moe_dispatch::split_experts(16, 2, 3, ExpertMapMode::kMapAfter);
 
   SUBCASE("a config with every option changed") {
     const std::string yaml = moe_dispatch::to_yaml(custom);
-    for (const char* key :
-         {"num_experts:", "top_k:", "block_size:", "buckets:", "pad_sorted_ids:", "overflow:",
-          "capture:", "device:", "log:", "expert_map:", "experts:", "mode: map_after"}) {
+    for (const char* key : {"num_experts:", "top_k:", "block_size:", "buckets:", "pad_sorted_ids:",
+                            "overflow:", "capture:", "fixed_count_graphs_up_to: 512",
+                            "device:", "log:", "expert_map:", "experts:", "mode: map_after"}) {
       CHECK_MESSAGE(yaml.find(key) != std::string::npos, key << " missing from\n" << yaml);
     }
     check_same(moe_dispatch::parse_config(yaml, "round_trip.yaml"), custom);
@@ -345,9 +352,9 @@ TEST_CASE("to_yaml writes every key and reads back to the same config") {
   SUBCASE("a config of defaults writes the defaults") {
     DispatchConfig plain = moe_dispatch::parse_config(kMinimal, "minimal.yaml");
     const std::string yaml = moe_dispatch::to_yaml(plain);
-    for (const char* key :
-         {"pad_sorted_ids: false", "overflow: error", "capture: eager", "device: 0", "log: true",
-          "expert_map: null", "expert_parallel: null"}) {
+    for (const char* key : {"pad_sorted_ids: false", "overflow: error", "capture: eager",
+                            "fixed_count_graphs_up_to: 64", "device: 0", "log: true",
+                            "expert_map: null", "expert_parallel: null"}) {
       CHECK_MESSAGE(yaml.find(key) != std::string::npos, key << " missing from\n" << yaml);
     }
     check_same(moe_dispatch::parse_config(yaml, "round_trip.yaml"), plain);
@@ -520,6 +527,14 @@ TEST_CASE("validate names the key and the allowed values of a config built in co
        },
        "config: expert_map.global_to_local[3]: ", "unique local id in 0..7"},
       {"negative device", [](DispatchConfig& c) { c.device = -1; }, "config: device: ", ">= 0"},
+      {"negative fixed_count_graphs_up_to",
+       [](DispatchConfig& c) { c.fixed_count_graphs_up_to = -1; },
+       "config: fixed_count_graphs_up_to: ", "0..4096"},
+      {"fixed_count_graphs_up_to above kMaxFixedCountTokens",
+       [](DispatchConfig& c) {
+         c.fixed_count_graphs_up_to = moe_dispatch::kMaxFixedCountTokens + 1;
+       },
+       "config: fixed_count_graphs_up_to: ", "0..4096"},
       {"expert_parallel world_size 0",
        [](DispatchConfig& c) {
          c.expert_parallel = ExpertParallelSection{0, 0, {}, 64, HiddenType::kBFloat16};
@@ -669,6 +684,12 @@ TEST_CASE("malformed YAML throws one ConfigError at the offending line and colum
       {"block_size above 1024", "num_experts: 8\ntop_k: 2\nblock_size: 2048\nbuckets: [1]\n",
        "bad.yaml:3:13: block_size: ", "1..1024"},
       {"negative device", base + "device: -1\n", "bad.yaml:5:9: device: ", ">= 0"},
+      {"negative fixed_count_graphs_up_to", base + "fixed_count_graphs_up_to: -1\n",
+       "bad.yaml:5:27: fixed_count_graphs_up_to: ", "0..4096"},
+      {"fixed_count_graphs_up_to above 4096", base + "fixed_count_graphs_up_to: 4097\n",
+       "bad.yaml:5:27: fixed_count_graphs_up_to: ", "0..4096"},
+      {"word for fixed_count_graphs_up_to", base + "fixed_count_graphs_up_to: all\n",
+       "bad.yaml:5:27: fixed_count_graphs_up_to: ", "0..4096"},
       // buckets
       {"empty buckets", shape + "buckets: []\n", "bad.yaml:4:10: buckets: ", "a non-empty list"},
       {"unsorted buckets", shape + "buckets: [1, 256, 16]\n",

@@ -478,6 +478,13 @@ TEST_CASE("one rank over a 1-rank NCCL communicator: dispatch and combine graphs
         CHECK_MESSAGE(combined.empty(), combined);
       }
     }
+    // The local stage runs only with the received count in device memory: it holds no
+    // fixed-count graphs, and its one graph per bucket was retargeted once at most.
+    for (const md::BucketStats& bucket : ep.local_stage().stats().buckets) {
+      INFO("local bucket " << bucket.tokens);
+      CHECK(bucket.fixed_count_graphs == 0);
+      CHECK(bucket.parameter_updates <= 1);
+    }
   }
 }
 

@@ -137,9 +137,17 @@ TEST_CASE("2000 back-to-back runs with device-written routing and no host sync a
   CHECK(exact == steps);
 }
 
-TEST_CASE("buckets up to 64 tokens launch a graph per count: a changing count updates nothing") {
-  // small_config(): buckets 1, 8, 64, 256; the first three hold fixed-count graphs.
-  md::DispatchStage stage(small_config());
+TEST_CASE("buckets up to fixed_count_graphs_up_to tokens launch a graph per count") {
+  // small_config(): buckets 1, 8, 64, 256. A bucket up to the setting holds one graph per count it
+  // takes and a changing count updates nothing there; a larger bucket updates its one graph on
+  // every new count.
+  md::DispatchConfig cfg = small_config();
+  SUBCASE("default: 64") {}
+  SUBCASE("0: none") { cfg.fixed_count_graphs_up_to = 0; }
+  SUBCASE("8") { cfg.fixed_count_graphs_up_to = 8; }
+  SUBCASE("256: all") { cfg.fixed_count_graphs_up_to = 256; }
+  CAPTURE(cfg.fixed_count_graphs_up_to);
+  md::DispatchStage stage(cfg);
   const md::Stream stream = md::make_stream();
   std::mt19937 rng(25);
   // Every count up to 65 once (both sides of each bucket edge), then random counts up to 256.
@@ -147,13 +155,21 @@ TEST_CASE("buckets up to 64 tokens launch a graph per count: a changing count up
   for (int n = 0; n <= 65; ++n) counts.push_back(n);
   std::uniform_int_distribution<int> count(0, 256);
   for (int i = 0; i < 150; ++i) counts.push_back(count(rng));
-  // Updates the 256 bucket's one graph must make: a new count there (its graph starts at 0).
-  std::int64_t expected_updates = 0;
-  int last_large_count = 0;
+  const int buckets[] = {1, 8, 64, 256};
+  const int first_counts[] = {0, 2, 9, 65};
+  const auto bucket_of = [&](int n) {
+    std::size_t b = 0;
+    while (buckets[b] < n) ++b;
+    return b;
+  };
+  // Updates each bucket's one graph must make: a new count there (its graph starts at 0).
+  std::int64_t expected_updates[4] = {};
+  int last_count[4] = {};
   for (const int n : counts) {
-    if (n > 64 && n != last_large_count) {
-      ++expected_updates;
-      last_large_count = n;
+    const std::size_t b = bucket_of(n);
+    if (buckets[b] > cfg.fixed_count_graphs_up_to && n != last_count[b]) {
+      ++expected_updates[b];
+      last_count[b] = n;
     }
     const auto ids = md::test::make_routing(Routing::kUniform, n, 2, 64, rng);
     INFO("tokens " << n);
@@ -162,15 +178,14 @@ TEST_CASE("buckets up to 64 tokens launch a graph per count: a changing count up
   }
   const md::StageStats stats = stage.stats();
   REQUIRE(stats.buckets.size() == 4);
-  const int expected_fixed[] = {2, 7, 56, 0};  // counts 0-1, 2-8, 9-64; none for 256
   for (std::size_t b = 0; b < stats.buckets.size(); ++b) {
     INFO("bucket " << stats.buckets[b].tokens);
-    CHECK(stats.buckets[b].fixed_count_graphs == expected_fixed[b]);
+    const bool fixed = buckets[b] <= cfg.fixed_count_graphs_up_to;
+    CHECK(stats.buckets[b].fixed_count_graphs == (fixed ? buckets[b] - first_counts[b] + 1 : 0));
     CHECK(stats.buckets[b].replays > 0);
-    if (b < 3) CHECK(stats.buckets[b].parameter_updates == 0);
+    CHECK(stats.buckets[b].parameter_updates == expected_updates[b]);
+    if (!fixed && b > 0) CHECK(expected_updates[b] > 5);
   }
-  CHECK(expected_updates > 50);
-  CHECK(stats.buckets[3].parameter_updates == expected_updates);
 }
 
 TEST_CASE("no device memory is allocated across 100k replays after construction") {

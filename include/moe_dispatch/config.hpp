@@ -23,6 +23,9 @@ inline constexpr std::int64_t kMaxNumel = std::int64_t{1} << 24;
 // hidden row in elements.
 inline constexpr int kMaxWorldSize = 32;
 inline constexpr int kMaxHiddenSize = 1 << 20;
+// Most tokens a bucket may have and still hold one executable graph per count
+// (DispatchConfig::fixed_count_graphs_up_to): up to that many graphs per bucket.
+inline constexpr int kMaxFixedCountTokens = 4096;
 
 // How expert_map applies (DESIGN.md §1).
 enum class ExpertMapMode {
@@ -86,6 +89,10 @@ struct DispatchConfig {
   std::optional<ExpertMap> expert_map;  // not with expert_parallel (its placement decides)
   OverflowPolicy overflow = OverflowPolicy::kError;
   CaptureMode capture = CaptureMode::kEager;
+  // Buckets of at most this many tokens hold one executable graph per count they take, so run()
+  // with a changing count updates no kernel parameter; 0..kMaxFixedCountTokens, 0: none (for
+  // callers that only use run_device_count(), which never needs them).
+  int fixed_count_graphs_up_to = 64;
   int device = 0;   // CUDA device ordinal the stage lives on
   bool log = true;  // one line on stderr for each fallback or overflow event
   // Expert parallelism over NCCL; requires overflow kError and no expert_map. DispatchStage does

@@ -4,16 +4,17 @@
 // Contract
 // - Construction allocates every device buffer the stage will use (sized for the largest bucket)
 //   on config.device and, with CaptureMode::kEager, captures and uploads one graph per bucket
-//   (buckets of up to 64 tokens: plus one executable graph per count they take, see run()).
+//   (buckets of up to config.fixed_count_graphs_up_to tokens, 64 by default: plus one executable
+//   graph per count they take, see run()).
 //   Nothing is allocated afterwards, except the overflow buffers of OverflowPolicy::kEager, grown
 //   once per new high-water mark and counted in stats().
 // - run() is stream-ordered: it enqueues work on `stream` and returns without synchronizing. The
-//   count reaches the device as a parameter of the graph's first kernel: buckets of up to 64
-//   tokens launch an executable graph built for that count; a larger bucket's graph gets the count
-//   set on it when it differs from the last one (affecting later launches only). Back-to-back runs
-//   with different counts never race; the first kernel writes the count it used to
-//   DeviceCounters::num_tokens in device memory, where the later kernels of the launch (and the
-//   caller) read it.
+//   count reaches the device as a parameter of the graph's first kernel: buckets of up to
+//   config.fixed_count_graphs_up_to tokens launch an executable graph built for that count; a
+//   larger bucket's graph gets the count set on it when it differs from the last one (affecting
+//   later launches only). Back-to-back runs with different counts never race; the first kernel
+//   writes the count it used to DeviceCounters::num_tokens in device memory, where the later
+//   kernels of the launch (and the caller) read it.
 // - Outputs (DispatchOutputs) point into the stage's buffers. They hold the result of the last run
 //   once the work enqueued by that run is complete, and are overwritten by the next run: the
 //   caller orders its consumers before the next run (same stream, or an event).
@@ -88,9 +89,9 @@ struct BucketStats {
   std::int64_t captures = 0;     // graphs captured for this bucket
   std::int64_t child_nodes = 0;  // times added to a caller's graph
   std::int64_t eager_runs = 0;   // runs launched without a graph (capture failed)
-  // Executable graphs with their count fixed, one per count the bucket takes (buckets of up to 64
-  // tokens): run() launches one of them and updates nothing. 0 for larger buckets, and before a
-  // lazy bucket is captured or after its capture failed.
+  // Executable graphs with their count fixed, one per count the bucket takes (buckets of up to
+  // config.fixed_count_graphs_up_to tokens): run() launches one of them and updates nothing. 0 for
+  // larger buckets, and before a lazy bucket is captured or after its capture failed.
   int fixed_count_graphs = 0;
   // Times the bucket graph's count source changed (cudaGraphExecKernelNodeSetParams, 0.65-1.2 us
   // of host time each): run() outside the fixed-count graphs with a count other than the last,
