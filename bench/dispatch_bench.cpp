@@ -7,9 +7,12 @@
 //       graph    100 calls captured in one CUDA graph, replayed: kernel time without launch gaps
 //       replay   DispatchStage::run(): one graph replay per call (what an engine pays per layer
 //                per step); floor: 1.7 us for a one-node graph
+//       queued   the same replays enqueued while the stream is held, then run back to back: the
+//                GPU's time alone (bench/queued_timing.hpp), without the host's submission pace
 //   dispatch_bench stage CONFIG [--fixed-count-graphs-up-to N] [--json FILE] [--md FILE]
 //     Per bucket of CONFIG: host submit time of run() (count fixed, count changing every call) and
-//     of run_device_count(), GPU time per replay, run()+sync round trip (p50/p99), against eager
+//     of run_device_count(), GPU time per replay (as submitted, and queued as above), run()+sync
+//     round trip (p50/p99), against eager
 //     launches into persistent buffers and eager launches that allocate their outputs per call
 //     (stream-ordered cudaMallocAsync/cudaFreeAsync, as a framework op); the stage's construction
 //     time and the device memory it took (driver included). The flag overrides the config's
@@ -33,6 +36,7 @@
 #include "moe_dispatch/cuda_raii.hpp"
 #include "moe_dispatch/dispatch_stage.hpp"
 #include "moe_dispatch/errors.hpp"
+#include "queued_timing.hpp"
 
 namespace md = moe_dispatch;
 
@@ -163,8 +167,8 @@ int bench_kernels(const std::string& json_path, const std::string& md_path) {
   std::ostringstream json, table;
   json << "{\"mode\": \"kernels\", \"rows\": [\n";
   table << "| model | E | top_k | B | tokens | launches | eager µs | graph µs | replay µs | "
-           "floor/replay | best peer graph µs |\n"
-        << "|---|---|---|---|---|---|---|---|---|---|---|\n";
+           "replay GPU µs, queued | floor/replay | best peer graph µs |\n"
+        << "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   bool first = true;
   for (const Shape& s : shapes) {
     const md::AlignShape shape{s.experts, s.top_k, s.block, false};
@@ -198,6 +202,8 @@ int bench_kernels(const std::string& json_path, const std::string& md_path) {
       MOE_DISPATCH_CUDA_CHECK(
           cudaMemcpy(stage.input(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
       const double replay = time_per_call_us(stream, 15, 1000, [&] { stage.run(tokens, stream); });
+      const double queued =
+          md::bench::queued_us_per_call(stream, 15, 200, [&] { stage.run(tokens, stream); });
       const int launches = md::align_kernel_launches(shape, tokens);
       const double peer = peer_graph_us(s, tokens);
 
@@ -206,13 +212,14 @@ int bench_kernels(const std::string& json_path, const std::string& md_path) {
            << ", \"block\": " << s.block << ", \"tokens\": " << tokens
            << ", \"launches\": " << launches << ", \"eager_us\": " << eager
            << ", \"graph_us\": " << graph_us << ", \"replay_us\": " << replay
+           << ", \"replay_queued_us\": " << queued
            << ", \"floor_fraction\": " << kOneNodeFloorUs / replay
            << ", \"peer_graph_us\": " << peer << "}";
       first = false;
       table << "| " << s.model << " | " << s.experts << " | " << s.top_k << " | " << s.block
             << " | " << tokens << " | " << launches << " | " << fmt(eager) << " | " << fmt(graph_us)
-            << " | " << fmt(replay) << " | " << fmt(kOneNodeFloorUs / replay) << " | "
-            << fmt(peer, 1) << " |\n";
+            << " | " << fmt(replay) << " | " << fmt(queued) << " | "
+            << fmt(kOneNodeFloorUs / replay) << " | " << fmt(peer, 1) << " |\n";
       std::fprintf(stderr, "%s tokens=%d eager=%.2f graph=%.2f replay=%.2f\n", s.model, tokens,
                    eager, graph_us, replay);
     }
@@ -254,10 +261,11 @@ int bench_stage(const std::string& config_path, std::optional<int> fixed_count_g
   std::ostringstream json, table;
   json << "{\"mode\": \"stage\", \"config\": \"" << config_path
        << "\", \"fixed_count_graphs_up_to\": " << cfg.fixed_count_graphs_up_to << ", \"rows\": [\n";
-  table << "| bucket | run() host µs | run() host µs, count changing | run_device_count() host µs "
-           "| replay GPU µs | run+sync p50 µs | run+sync p99 µs | eager GPU µs | eager+alloc GPU "
-           "µs |\n"
-        << "|---|---|---|---|---|---|---|---|---|\n";
+  table
+      << "| bucket | run() host µs | run() host µs, count changing | run_device_count() host µs "
+         "| replay GPU µs | replay GPU µs, queued | run+sync p50 µs | run+sync p99 µs | eager GPU "
+         "µs | eager+alloc GPU µs |\n"
+      << "|---|---|---|---|---|---|---|---|---|---|\n";
   bool first = true;
   int previous_bucket = -1;  // counts previous_bucket + 1 .. bucket replay this bucket's graph
   for (const int bucket : cfg.buckets) {
@@ -286,6 +294,8 @@ int bench_stage(const std::string& config_path, std::optional<int> fixed_count_g
         host_submit_us([&](int) { stage.run_device_count(device_count.get(), bucket, stream); });
     previous_bucket = bucket;
     const double replay = time_per_call_us(stream, 15, 1000, [&] { stage.run(bucket, stream); });
+    const double queued =
+        md::bench::queued_us_per_call(stream, 15, 200, [&] { stage.run(bucket, stream); });
     std::vector<double> round_trip;
     for (int i = 0; i < 2000; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
@@ -331,13 +341,14 @@ int bench_stage(const std::string& config_path, std::optional<int> fixed_count_g
     json << (first ? "" : ",\n") << "  {\"bucket\": " << bucket << ", \"run_host_us\": " << host
          << ", \"run_host_changing_us\": " << host_changing
          << ", \"run_device_count_host_us\": " << host_device_count
-         << ", \"replay_gpu_us\": " << replay << ", \"round_trip_p50_us\": " << p50
-         << ", \"round_trip_p99_us\": " << p99 << ", \"eager_gpu_us\": " << eager
-         << ", \"eager_alloc_gpu_us\": " << eager_alloc << "}";
+         << ", \"replay_gpu_us\": " << replay << ", \"replay_queued_gpu_us\": " << queued
+         << ", \"round_trip_p50_us\": " << p50 << ", \"round_trip_p99_us\": " << p99
+         << ", \"eager_gpu_us\": " << eager << ", \"eager_alloc_gpu_us\": " << eager_alloc << "}";
     first = false;
     table << "| " << bucket << " | " << fmt(host) << " | " << fmt(host_changing) << " | "
-          << fmt(host_device_count) << " | " << fmt(replay) << " | " << fmt(p50) << " | "
-          << fmt(p99) << " | " << fmt(eager) << " | " << fmt(eager_alloc) << " |\n";
+          << fmt(host_device_count) << " | " << fmt(replay) << " | " << fmt(queued) << " | "
+          << fmt(p50) << " | " << fmt(p99) << " | " << fmt(eager) << " | " << fmt(eager_alloc)
+          << " |\n";
     std::fprintf(stderr, "bucket %d done\n", bucket);
   }
   const std::int64_t allocations_after = stage.stats().device_allocations;

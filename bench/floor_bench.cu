@@ -1,6 +1,7 @@
 // floor_bench: what any one-kernel dispatch costs on this GPU before it computes anything, measured
 // the two ways dispatch_bench measures the kernels: per node in a graph of 100 launches ("graph")
-// and per replay of a one-node graph ("replay"), and the host time of one cudaGraphLaunch (the part
+// and per replay of a one-node graph ("replay"; "queued": the replays enqueued first, then run back
+// to back, bench/queued_timing.hpp), and the host time of one cudaGraphLaunch (the part
 // of DispatchStage::run() that is the driver's). Reference kernels: an empty one, and one that
 // loads a 32-slot row and stores it (the least a dispatch kernel must do: read the routing, write
 // an output), on 1 block and on 17 blocks (the tiny variant's grid at E = 256, B = 64). Then the
@@ -12,6 +13,7 @@
 
 #include "moe_dispatch/cuda_raii.hpp"
 #include "moe_dispatch/errors.hpp"
+#include "queued_timing.hpp"
 
 namespace md = moe_dispatch;
 
@@ -126,17 +128,20 @@ int main() {
                         {"load 32 ids, store", launch_load_store, 1},
                         {"load 32 ids, store", launch_load_store, kMaxGrid}};
   std::printf(
-      "| kernel | blocks | graph µs (per node of 100) | replay µs (one-node graph) | host µs per "
-      "cudaGraphLaunch |\n|---|---|---|---|---|\n");
+      "| kernel | blocks | graph µs (per node of 100) | replay µs (one-node graph) | replay GPU "
+      "µs, "
+      "queued | host µs per cudaGraphLaunch |\n|---|---|---|---|---|---|\n");
+  cudaStream_t s = stream.get();
   for (const Case& c : cases) {
     const md::GraphExec hundred = capture(c.launch, 100, stream.get(), in.get(), out.get(), c.grid);
     const md::GraphExec one = capture(c.launch, 1, stream.get(), in.get(), out.get(), c.grid);
-    std::printf("| %s | %d | %.2f | %.2f | %.2f |\n", c.name, c.grid,
-                median_us(hundred.get(), 1, 100, stream.get()),
-                median_us(one.get(), 1000, 1, stream.get()),
-                host_launch_us(one.get(), stream.get()));
+    const cudaGraphExec_t one_exec = one.get();
+    std::printf("| %s | %d | %.2f | %.2f | %.2f | %.2f |\n", c.name, c.grid,
+                median_us(hundred.get(), 1, 100, s), median_us(one_exec, 1000, 1, s),
+                md::bench::queued_us_per_call(
+                    s, 15, 200, [&] { MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(one_exec, s)); }),
+                host_launch_us(one_exec, s));
   }
-  cudaStream_t s = stream.get();
   int device = 0;
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   std::printf("\n| runtime query (host) | ns per call |\n|---|---|\n");

@@ -33,14 +33,16 @@ KERNEL_COLUMNS = [  # (header, JSON key, decimals; None: as is)
     ("model", "model", None), ("E", "experts", None), ("top_k", "top_k", None),
     ("B", "block", None), ("tokens", "tokens", None), ("launches", "launches", None),
     ("eager µs", "eager_us", 2), ("graph µs", "graph_us", 2), ("replay µs", "replay_us", 2),
-    ("floor/replay", "floor_fraction", 2), ("best peer graph µs", "peer_graph_us", 1),
+    ("replay GPU µs, queued", "replay_queued_us", 2), ("floor/replay", "floor_fraction", 2),
+    ("best peer graph µs", "peer_graph_us", 1),
 ]
 
 STAGE_COLUMNS = [
     ("bucket", "bucket", None), ("run() host µs", "run_host_us", 2),
     ("run() host µs, count changing", "run_host_changing_us", 2),
     ("run_device_count() host µs", "run_device_count_host_us", 2),
-    ("replay GPU µs", "replay_gpu_us", 2), ("run+sync p50 µs", "round_trip_p50_us", 2),
+    ("replay GPU µs", "replay_gpu_us", 2),
+    ("replay GPU µs, queued", "replay_queued_gpu_us", 2), ("run+sync p50 µs", "round_trip_p50_us", 2),
     ("run+sync p99 µs", "round_trip_p99_us", 2), ("eager GPU µs", "eager_gpu_us", 2),
     ("eager+alloc GPU µs", "eager_alloc_gpu_us", 2),
 ]
@@ -64,7 +66,8 @@ def table(rows, columns):
     lines = ["| " + " | ".join(header for header, _, _ in columns) + " |",
              "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(cell(row[key], d) for _, key, d in columns) + " |")
+        # .get: JSON written before a column existed has no key for it (shown as not measured)
+        lines.append("| " + " | ".join(cell(row.get(key, 0), d) for _, key, d in columns) + " |")
     return "\n".join(lines)
 
 

@@ -1,0 +1,57 @@
+// GPU time per call with the host taken out: the calls are enqueued while a host function holds
+// the stream, so once it returns the GPU runs them back to back, and the events around them time
+// the device alone. Timed the usual way (events around calls the host submits as it goes), a call
+// that takes the GPU about as long as the host takes to submit it measures the slower of the two
+// at each moment.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "moe_dispatch/cuda_raii.hpp"
+#include "moe_dispatch/errors.hpp"
+
+namespace moe_dispatch::bench {
+
+// How long the host function holds the stream: far more than submitting a batch takes.
+inline constexpr int kHoldMs = 5;
+
+inline void CUDART_CB hold_stream(void*) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(kHoldMs));
+}
+
+// Median over `trials` of the GPU time of `calls` back-to-back `body()` calls, per call. Throws
+// when submitting a batch outlasted the hold (the GPU could then have waited for the host).
+template <typename Body>
+double queued_us_per_call(cudaStream_t stream, int trials, int calls, const Body& body) {
+  const Event start = make_event(true);
+  const Event stop = make_event(true);
+  for (int i = 0; i < calls; ++i) body();  // warm-up
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+  std::vector<double> samples;
+  for (int t = 0; t < trials; ++t) {
+    const auto submit_start = std::chrono::steady_clock::now();
+    MOE_DISPATCH_CUDA_CHECK(cudaLaunchHostFunc(stream, hold_stream, nullptr));
+    MOE_DISPATCH_CUDA_CHECK(cudaEventRecord(start.get(), stream));
+    for (int i = 0; i < calls; ++i) body();
+    MOE_DISPATCH_CUDA_CHECK(cudaEventRecord(stop.get(), stream));
+    const std::chrono::duration<double, std::milli> submit =
+        std::chrono::steady_clock::now() - submit_start;
+    if (submit.count() > 0.8 * kHoldMs) {
+      throw std::runtime_error("queued timing: submitting a batch outlasted the stream hold");
+    }
+    MOE_DISPATCH_CUDA_CHECK(cudaEventSynchronize(stop.get()));
+    float ms = 0;
+    MOE_DISPATCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start.get(), stop.get()));
+    samples.push_back(1000.0 * ms / calls);
+  }
+  std::sort(samples.begin(), samples.end());
+  return samples[samples.size() / 2];
+}
+
+}  // namespace moe_dispatch::bench
