@@ -98,8 +98,12 @@ def markdown(args, kernels, stages):
                   f"Allocations by the stage after construction: "
                   f"{stage['allocations_after_construction']}; device bytes held: "
                   f"{stage['device_bytes']} ({mib(stage['device_bytes'])})"
-                  + (f"; construction {stage['construction_ms']:.1f} ms."
-                     if "construction_ms" in stage else ".")]
+                  + (f"; construction {stage['construction_ms']:.1f} ms"
+                     if "construction_ms" in stage else "")
+                  + (f", {stage['construction_device_mib']:.1f} MiB of device memory (driver "
+                     f"included), {stage['fixed_count_graphs']} fixed-count graphs "
+                     f"(fixed_count_graphs_up_to: {stage['fixed_count_graphs_up_to']})"
+                     if "construction_device_mib" in stage else "") + "."]
     for png, what in ((args.png, "stage"), (args.kernels_png, "kernels")):
         if png and args.md:  # the image, relative to the markdown file
             parts.append(f"![{what} plot]({os.path.relpath(png, os.path.dirname(args.md) or '.')})")
