@@ -203,7 +203,7 @@ int bench_kernels(const std::string& json_path, const std::string& md_path) {
           cudaMemcpy(stage.input(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
       const double replay = time_per_call_us(stream, 15, 1000, [&] { stage.run(tokens, stream); });
       const double queued =
-          md::bench::queued_us_per_call(stream, 15, 200, [&] { stage.run(tokens, stream); });
+          md::bench::queued_us_per_call(stream, 15, 64, [&] { stage.run(tokens, stream); });
       const int launches = md::align_kernel_launches(shape, tokens);
       const double peer = peer_graph_us(s, tokens);
 
@@ -295,7 +295,7 @@ int bench_stage(const std::string& config_path, std::optional<int> fixed_count_g
     previous_bucket = bucket;
     const double replay = time_per_call_us(stream, 15, 1000, [&] { stage.run(bucket, stream); });
     const double queued =
-        md::bench::queued_us_per_call(stream, 15, 200, [&] { stage.run(bucket, stream); });
+        md::bench::queued_us_per_call(stream, 15, 64, [&] { stage.run(bucket, stream); });
     std::vector<double> round_trip;
     for (int i = 0; i < 2000; ++i) {
       const auto t0 = std::chrono::steady_clock::now();

@@ -139,7 +139,7 @@ int main() {
     std::printf("| %s | %d | %.2f | %.2f | %.2f | %.2f |\n", c.name, c.grid,
                 median_us(hundred.get(), 1, 100, s), median_us(one_exec, 1000, 1, s),
                 md::bench::queued_us_per_call(
-                    s, 15, 200, [&] { MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(one_exec, s)); }),
+                    s, 15, 64, [&] { MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(one_exec, s)); }),
                 host_launch_us(one_exec, s));
   }
   int device = 0;

@@ -3,7 +3,7 @@
 // each slot's position from ballots alone: one ballot per key bit and item gives, for every slot,
 // the lanes holding the same expert (its rank and its expert's count) and the lanes holding a
 // smaller expert (its segment's first block, summed bit by bit over the segments' sizes). The warps
-// then write disjoint shares of the outputs. Only the key ballots (log2(E) + 1 per item) and the
+// then write disjoint shares of the outputs. Only the key ballots (ceil(log2 E) per item) and the
 // sentinel tail (spread over the grid) grow with E. docs/KERNELS.md compares it with the small
 // variant.
 #include "kernels/align.hpp"
@@ -16,7 +16,7 @@ namespace {
 constexpr int kTinyThreads = 128;
 constexpr int kTinyWarps = kTinyThreads / kWarp;
 
-// Item j of lane l is slot 32 * j + l; keys are expert + 1 (0: skipped).
+// Item j of lane l is slot 32 * j + l; key is the expert it is counted under (-1: skipped).
 template <int kItems>
 struct TinySlots {
   int key[kItems];
@@ -26,12 +26,13 @@ struct TinySlots {
   int start[kItems];   // the expert's first block
 };
 
-// Fills every field but key (set by the caller) and returns the blocks of all segments. Only the
-// slots below numel count: `valid[i]` holds the lanes whose item i is one. The key ballots do not
-// depend on the count (its slots are masked out afterwards), so it is not on their path.
+// Fills every field but key (set by the caller; set to -1 here for a slot that does not count) and
+// returns the blocks of all segments. Only the slots below numel with a key count: `counted[i]`
+// holds the lanes whose item i is one. The key ballots do not depend on the count (the other
+// lanes are masked out afterwards), so it is not on their path.
 template <int kItems>
 __device__ __forceinline__ int rank_in_registers(const AlignParams& p,
-                                                 const unsigned (&valid)[kItems],
+                                                 const unsigned (&counted)[kItems],
                                                  TinySlots<kItems>& s) {
   const int lane = threadIdx.x % kWarp;
   // same[j][i]: lanes whose item i has the key of this lane's item j; less[j][i]: a smaller key.
@@ -41,12 +42,12 @@ __device__ __forceinline__ int rank_in_registers(const AlignParams& p,
   for (int j = 0; j < kItems; ++j) {
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
-      same[j][i] = kFullMask;
+      same[j][i] = counted[i];
       less[j][i] = 0;
     }
   }
   // Lowest bit first: a higher bit where the keys differ overrides what the lower bits decided.
-  const int key_bits = 32 - __clz(p.num_experts);  // keys 0 .. E
+  const int key_bits = 32 - __clz(p.num_experts - 1);  // keys 0 .. E - 1 (none at E = 1)
 #pragma unroll 4
   for (int b = 0; b < key_bits; ++b) {
     unsigned ones[kItems];
@@ -64,12 +65,9 @@ __device__ __forceinline__ int rank_in_registers(const AlignParams& p,
   }
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
-    if (((valid[j] >> lane) & 1) == 0) s.key[j] = 0;
+    if (((counted[j] >> lane) & 1) == 0) s.key[j] = -1;
 #pragma unroll
-    for (int i = 0; i < kItems; ++i) {
-      same[j][i] &= valid[i];
-      less[j][i] &= valid[i];
-    }
+    for (int i = 0; i < kItems; ++i) less[j][i] &= counted[i];
   }
   const unsigned lanes_below = (1u << lane) - 1u;
   int any_blocks = 0;
@@ -84,7 +82,7 @@ __device__ __forceinline__ int rank_in_registers(const AlignParams& p,
     }
     s.rank[j] = before;
     s.count[j] = total;
-    s.blocks[j] = (s.key[j] != 0 && before == 0) ? segment_blocks(p, total) : 0;
+    s.blocks[j] = (s.key[j] >= 0 && before == 0) ? segment_blocks(p, total) : 0;
     s.start[j] = 0;
     any_blocks |= s.blocks[j];
   }
@@ -124,12 +122,28 @@ __device__ __forceinline__ void write_output_block(const AlignParams& p, const T
     }
   }
   const int lane = threadIdx.x % kWarp;
-  if (lane == 0) p.expert_ids[b] = block_owner(p, key - 1);
+  if (lane == 0) p.expert_ids[b] = block_owner(p, key);
   // Offsets in the block from the segment's end on are padding (only its last block has any).
   const int first_padding = count - (b - start) * p.block_size;
 #pragma unroll 1
   for (int o = first_padding + lane; o < p.block_size; o += kWarp) {
     p.sorted_token_ids[b * p.block_size + o] = numel;
+  }
+}
+
+// An output block past the used ones and below the tail's bound: -1 in expert_ids and the sentinel
+// in all B entries (warp-uniform), 16-byte stores when the block's entries allow them.
+__device__ __forceinline__ void write_unused_block(const AlignParams& p, int b, int numel) {
+  const int lane = threadIdx.x % kWarp;
+  if (lane == 0) p.expert_ids[b] = -1;
+  std::int32_t* out = p.sorted_token_ids + static_cast<std::int64_t>(b) * p.block_size;
+  if ((p.block_size & 3) == 0 && (reinterpret_cast<std::uintptr_t>(out) & 15u) == 0) {
+    const int4 quad = make_int4(numel, numel, numel, numel);
+#pragma unroll 1
+    for (int q = lane; q < p.block_size >> 2; q += kWarp) reinterpret_cast<int4*>(out)[q] = quad;
+  } else {
+#pragma unroll 1
+    for (int o = lane; o < p.block_size; o += kWarp) out[o] = numel;
   }
 }
 
@@ -148,24 +162,19 @@ __global__ void __launch_bounds__(kTinyThreads) align_tiny_kernel(const AlignPar
 
   // Keys from the ids alone (slots past the count are masked out once it is known).
   TinySlots<kItems> s;
-  bool bad[kItems];
-#pragma unroll
-  for (int j = 0; j < kItems; ++j) {
-    const int id = ids[j];
-    bad[j] = id < 0 || id >= p.num_experts;
-    int expert = -1;
-    if (!bad[j]) expert = counted_expert(p, id);
-    s.key[j] = expert + 1;
-  }
-  unsigned valid[kItems];
+  unsigned counted[kItems];
   int invalid = 0;
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
+    const int id = ids[j];
+    const bool bad = id < 0 || id >= p.num_experts;
+    s.key[j] = bad ? -1 : counted_expert(p, id);
     const int below = numel - j * kWarp;  // lanes of item j below the count
-    valid[j] = below >= kWarp ? kFullMask : (below <= 0 ? 0u : (1u << below) - 1u);
-    invalid += __popc(__ballot_sync(kFullMask, bad[j]) & valid[j]);
+    const unsigned valid = below >= kWarp ? kFullMask : (below <= 0 ? 0u : (1u << below) - 1u);
+    invalid += __popc(__ballot_sync(kFullMask, bad) & valid);
+    counted[j] = __ballot_sync(kFullMask, s.key[j] >= 0) & valid;
   }
-  const int used_blocks = rank_in_registers<kItems>(p, valid, s);
+  const int used_blocks = rank_in_registers<kItems>(p, counted, s);
 
   const int warp = static_cast<int>((blockIdx.x * kTinyThreads + threadIdx.x) / kWarp);
   const int warps = static_cast<int>(gridDim.x) * kTinyWarps;
@@ -177,17 +186,25 @@ __global__ void __launch_bounds__(kTinyThreads) align_tiny_kernel(const AlignPar
   // Warp j scatters item j; slots, segment padding and tail are disjoint entries.
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
-    if (warp == j && s.key[j] != 0) {
+    if (warp == j && s.key[j] >= 0) {
       p.sorted_token_ids[s.start[j] * p.block_size + s.rank[j]] = j * kWarp + lane;
     }
   }
-#pragma unroll 1
-  for (int b = warp; b < used_blocks; b += warps) write_output_block<kItems>(p, s, b, numel);
-  // A count loaded from device memory arrives with the ids: nothing to overlap, so the tail is
-  // written in one pass (two fills fewer on every warp's path).
   if (count_is_parameter) {
-    tail.fill_late(p, used_blocks, numel);
+    // Past the bound the tail is written already: a warp per output block up to it, used or not.
+#pragma unroll 1
+    for (int b = warp; b < tail.bound_blocks; b += warps) {
+      if (b < used_blocks) {
+        write_output_block<kItems>(p, s, b, numel);
+      } else {
+        write_unused_block(p, b, numel);
+      }
+    }
   } else {
+    // A count loaded from device memory arrives with the ids: nothing to overlap, so the tail is
+    // written in one pass (two fills fewer on every warp's path).
+#pragma unroll 1
+    for (int b = warp; b < used_blocks; b += warps) write_output_block<kItems>(p, s, b, numel);
     tail.fill_all(p, used_blocks, numel);
   }
 }
