@@ -19,23 +19,19 @@ AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size,
 namespace {
 // Decode-sized steps take one kernel launch (one graph node) up to 4096 slots. Measured on the H100
 // (bench/variant_bench, docs/BENCHMARKS.md): the one-kernel variant is ahead up to 2048 slots for
-// every E and up to 8192 slots at E >= 1024 (its grid spreads the large padding better); above, the
-// three-kernel variant is faster (at 4096 slots it is ahead for every E up to 256, which the
-// one-launch rule gives up for decode).
+// every E measured (8 to 2048, but E = 2048 at B = 64 by 0.1 us); above, the three-kernel variant
+// is faster (at 4096 slots for every E, which the one-launch rule gives up for decode; at 8192 by
+// 3.5-7 us).
 constexpr std::int64_t kSmallMaxDecodeNumel = 4096;
-constexpr std::int64_t kSmallMaxNumelManyExperts = 8192;
-constexpr int kManyExperts = 1024;
 }  // namespace
 
 AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size) {
-  const std::int64_t small_limit =
-      num_experts >= kManyExperts ? kSmallMaxNumelManyExperts : kSmallMaxDecodeNumel;
   // The tiny variant (ranks in registers, no barrier) takes every step it can: ahead of the small
   // one up to kTinyMaxNumel slots for every E measured (8 to 1024), 1.7-2.3 against 2.4-4.0 us.
   if (max_numel <= kTinyMaxNumel) {
     return plan_align(max_numel, num_experts, block_size, AlignVariant::kTiny);
   }
-  const bool small = max_numel <= small_limit && num_experts <= kSmallMaxExperts;
+  const bool small = max_numel <= kSmallMaxDecodeNumel && num_experts <= kSmallMaxExperts;
   return plan_align(max_numel, num_experts, block_size,
                     small ? AlignVariant::kSmall : AlignVariant::kLarge);
 }

@@ -489,6 +489,11 @@ TEST_CASE("the planner picks one kernel for decode shapes") {
     }
   }
   CHECK(mk::plan_align(std::int64_t{1} << 20, 256, 64).variant == mk::AlignVariant::kLarge);
+  // Above 4096 slots three kernels for every E (measured ahead at 8192 up to E = 2048).
+  for (const int experts : {8, 256, 1024, 2048}) {
+    CHECK(mk::plan_align(4096, experts, 128).variant == mk::AlignVariant::kSmall);
+    CHECK(mk::plan_align(4097, experts, 128).variant == mk::AlignVariant::kLarge);
+  }
   // The three-kernel variant's slots per thread: 2 while the per-block histograms stay under
   // 32768 entries, 4 from there up to 262144 slots, 8 above.
   CHECK(mk::plan_align(32768, 510, 128, mk::AlignVariant::kLarge).items == 2);
