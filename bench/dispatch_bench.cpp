@@ -28,6 +28,7 @@
 #include <optional>
 #include <random>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -245,7 +246,9 @@ int bench_stage(const std::string& config_path, std::optional<int> fixed_count_g
                                      std::chrono::steady_clock::now() - construction_start)
                                      .count();
   MOE_DISPATCH_CUDA_CHECK(cudaMemGetInfo(&free_after, &total));
-  const double construction_mib = static_cast<double>(free_before - free_after) / (1 << 20);
+  // Signed: another process may free memory meanwhile.
+  const double construction_mib =
+      (static_cast<double>(free_before) - static_cast<double>(free_after)) / (1 << 20);
   int fixed_graphs = 0;
   for (const md::BucketStats& b : stage.stats().buckets) fixed_graphs += b.fixed_count_graphs;
   const md::AlignShape shape = md::shape_of(cfg);
@@ -380,7 +383,14 @@ int main(int argc, char** argv) {
     std::optional<int> fixed_count_graphs_up_to;
     for (std::size_t i = 0; i < args.size(); ++i) {
       if (args[i] == "--fixed-count-graphs-up-to" && i + 1 < args.size()) {
-        fixed_count_graphs_up_to = std::stoi(args[++i]);
+        const std::string value = args[++i];
+        char* end = nullptr;
+        const long parsed = std::strtol(value.c_str(), &end, 10);
+        if (value.empty() || *end != '\0' || parsed < 0 || parsed > md::kMaxFixedCountTokens) {
+          throw std::runtime_error("--fixed-count-graphs-up-to " + value + ": allowed 0.." +
+                                   std::to_string(md::kMaxFixedCountTokens));
+        }
+        fixed_count_graphs_up_to = static_cast<int>(parsed);
       } else if (args[i] == "--json" && i + 1 < args.size()) {
         json_path = args[++i];
       } else if (args[i] == "--md" && i + 1 < args.size()) {

@@ -128,9 +128,9 @@ int main() {
                         {"load 32 ids, store", launch_load_store, 1},
                         {"load 32 ids, store", launch_load_store, kMaxGrid}};
   std::printf(
-      "| kernel | blocks | graph µs (per node of 100) | replay µs (one-node graph) | replay GPU "
-      "µs, "
-      "queued | host µs per cudaGraphLaunch |\n|---|---|---|---|---|---|\n");
+      "| kernel | blocks | graph µs (per node of 100) | replay µs (one-node graph) | "
+      "replay GPU µs, queued | host µs per cudaGraphLaunch |\n");
+  std::printf("|---|---|---|---|---|---|\n");
   cudaStream_t s = stream.get();
   for (const Case& c : cases) {
     const md::GraphExec hundred = capture(c.launch, 100, stream.get(), in.get(), out.get(), c.grid);

@@ -67,7 +67,8 @@ def table(rows, columns):
              "|" + "---|" * len(columns)]
     for row in rows:
         # .get: JSON written before a column existed has no key for it (shown as not measured)
-        lines.append("| " + " | ".join(cell(row.get(key, 0), d) for _, key, d in columns) + " |")
+        cells = (cell(row.get(key, 0), d) for _, key, d in columns)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -16,8 +16,6 @@
 #include "kernels/align_variants.hpp"
 
 #include <algorithm>
-#include <atomic>
-#include <cstdint>
 
 namespace moe_dispatch::kernels {
 namespace {
@@ -266,24 +264,18 @@ cudaError_t launch_dependent(void (*kernel)(AlignParams), int grid, int threads,
 // drain, which undoes the programmatic launch's overlap). Left to the driver, the split followed
 // each kernel's own need and the overlap was lost from E = 1024 on: measured (variant_bench,
 // top-8, B 64) E = 1024: 16.1 -> 7.4 us at 1024 tokens, 18.8 -> 12.0 at 16384; E = 4096: 37.7 ->
-// 30.8 at 16384; equal within noise up to E = 512. Set once per device and slots per thread (the
-// attribute is the function's; setting it again is harmless).
+// 30.8 at 16384; equal within noise up to E = 512. Set on every launch, as allow_shared_memory()
+// does (the attribute belongs to the function in the current context; a launch is captured once
+// per bucket graph, and eager launches are not the serving path).
 template <int kItems>
 cudaError_t prefer_shared_carveout() {
-  static std::atomic<std::uint64_t> devices_done{0};
-  int device = 0;
-  cudaError_t status = cudaGetDevice(&device);
-  if (status != cudaSuccess) return status;
-  const std::uint64_t bit = device < 64 ? std::uint64_t{1} << device : 0;
-  if (bit != 0 && (devices_done.load(std::memory_order_acquire) & bit) != 0) return cudaSuccess;
   for (void (*kernel)(AlignParams) :
        {align_count_kernel<kLargeThreads, kItems>, align_prefix_kernel<kItems>,
         align_scatter_kernel<kLargeThreads, kItems>}) {
-    status = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                  cudaSharedmemCarveoutMaxShared);
+    const cudaError_t status = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
     if (status != cudaSuccess) return status;
   }
-  devices_done.fetch_or(bit, std::memory_order_acq_rel);
   return cudaSuccess;
 }
 

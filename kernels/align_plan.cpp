@@ -21,7 +21,7 @@ namespace {
 // (bench/variant_bench, docs/BENCHMARKS.md): the one-kernel variant is ahead up to 2048 slots for
 // every E measured (8 to 2048, but E = 2048 at B = 64 by 0.1 us); above, the three-kernel variant
 // is faster (at 4096 slots for every E, which the one-launch rule gives up for decode; at 8192 by
-// 3.5-7 us).
+// 4.5-6 us for E = 128 to 2048).
 constexpr std::int64_t kSmallMaxDecodeNumel = 4096;
 }  // namespace
 

@@ -42,7 +42,7 @@ __device__ __forceinline__ int rank_in_registers(const AlignParams& p,
   for (int j = 0; j < kItems; ++j) {
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
-      same[j][i] = counted[i];
+      same[j][i] = kFullMask;
       less[j][i] = 0;
     }
   }
@@ -67,7 +67,10 @@ __device__ __forceinline__ int rank_in_registers(const AlignParams& p,
   for (int j = 0; j < kItems; ++j) {
     if (((counted[j] >> lane) & 1) == 0) s.key[j] = -1;
 #pragma unroll
-    for (int i = 0; i < kItems; ++i) less[j][i] &= counted[i];
+    for (int i = 0; i < kItems; ++i) {
+      same[j][i] &= counted[i];
+      less[j][i] &= counted[i];
+    }
   }
   const unsigned lanes_below = (1u << lane) - 1u;
   int any_blocks = 0;
@@ -161,6 +164,8 @@ __global__ void __launch_bounds__(kTinyThreads) align_tiny_kernel(const AlignPar
   if (count_is_parameter) tail.fill_early(p, numel);
 
   // Keys from the ids alone (slots past the count are masked out once it is known).
+  // A valid id is skipped only when the map drops its expert: one ballot more then.
+  const bool map_drops = p.expert_map != nullptr && !p.map_after;
   TinySlots<kItems> s;
   unsigned counted[kItems];
   int invalid = 0;
@@ -171,8 +176,9 @@ __global__ void __launch_bounds__(kTinyThreads) align_tiny_kernel(const AlignPar
     s.key[j] = bad ? -1 : counted_expert(p, id);
     const int below = numel - j * kWarp;  // lanes of item j below the count
     const unsigned valid = below >= kWarp ? kFullMask : (below <= 0 ? 0u : (1u << below) - 1u);
-    invalid += __popc(__ballot_sync(kFullMask, bad) & valid);
-    counted[j] = __ballot_sync(kFullMask, s.key[j] >= 0) & valid;
+    const unsigned bad_lanes = __ballot_sync(kFullMask, bad);
+    invalid += __popc(bad_lanes & valid);
+    counted[j] = (map_drops ? __ballot_sync(kFullMask, s.key[j] >= 0) : ~bad_lanes) & valid;
   }
   const int used_blocks = rank_in_registers<kItems>(p, counted, s);
 

@@ -357,13 +357,18 @@ TEST_CASE("expert_map drop and map_after modes match the reference") {
       for (const int wanted : {4, 1024}) {
         const int capacity = capacity_for(variant, wanted, 8);
         Harness h(capacity, 256, 8, 64, false, variant, &map);
-        for (const int tokens : {0, 1, 3, 8, 100, 1024}) {
-          if (tokens > capacity) continue;
-          INFO(name(variant) << " mode=" << md::to_string(mode) << " capacity=" << capacity
-                             << " tokens=" << tokens);
-          const std::string diff =
-              h.check(md::test::make_routing(Routing::kWithInvalid, tokens, 8, 256, rng));
-          CHECK_MESSAGE(diff.empty(), diff);
+        // The count in device memory and as a kernel parameter (the tiny variant writes the
+        // blocks below the tail's bound on different paths).
+        for (const bool parameter : {false, true}) {
+          h.use_parameter_count(parameter);
+          for (const int tokens : {0, 1, 3, 8, 100, 1024}) {
+            if (tokens > capacity) continue;
+            INFO(name(variant) << " mode=" << md::to_string(mode) << " capacity=" << capacity
+                               << " tokens=" << tokens << " count as parameter=" << parameter);
+            const std::string diff =
+                h.check(md::test::make_routing(Routing::kWithInvalid, tokens, 8, 256, rng));
+            CHECK_MESSAGE(diff.empty(), diff);
+          }
         }
       }
     }
@@ -466,16 +471,19 @@ TEST_CASE("a count below the capacity aligns only the true count, never the capa
   for (const mk::AlignVariant variant : kAllVariants) {
     const int capacity = capacity_for(variant, 1024, 8);
     Harness h(capacity, 128, 8, 64, false, variant);
-    for (const int tokens : {1, 3, 7, 1000}) {
-      if (tokens >= capacity) continue;
-      // Rows past the count hold valid ids that must be ignored.
-      auto ids = md::test::make_routing(Routing::kUniform, capacity, 8, 128, rng);
-      const std::vector<std::int32_t> head(ids.begin(), ids.begin() + tokens * 8);
-      md::test::DeviceResult r = h.run(ids, tokens);
-      INFO(name(variant) << " tokens=" << tokens);
-      const std::string diff = md::test::compare(
-          md::align_reference(head, md::AlignShape{128, 8, 64, false}), r, tokens);
-      CHECK_MESSAGE(diff.empty(), diff);
+    for (const bool parameter : {false, true}) {
+      h.use_parameter_count(parameter);
+      for (const int tokens : {1, 3, 7, 1000}) {
+        if (tokens >= capacity) continue;
+        // Rows past the count hold valid ids that must be ignored.
+        auto ids = md::test::make_routing(Routing::kUniform, capacity, 8, 128, rng);
+        const std::vector<std::int32_t> head(ids.begin(), ids.begin() + tokens * 8);
+        md::test::DeviceResult r = h.run(ids, tokens);
+        INFO(name(variant) << " tokens=" << tokens << " count as parameter=" << parameter);
+        const std::string diff = md::test::compare(
+            md::align_reference(head, md::AlignShape{128, 8, 64, false}), r, tokens);
+        CHECK_MESSAGE(diff.empty(), diff);
+      }
     }
   }
 }
