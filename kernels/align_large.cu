@@ -266,7 +266,8 @@ cudaError_t launch_dependent(void (*kernel)(AlignParams), int grid, int threads,
 // top-8, B 64) E = 1024: 16.1 -> 7.4 us at 1024 tokens, 18.8 -> 12.0 at 16384; E = 4096: 37.7 ->
 // 30.8 at 16384; equal within noise up to E = 512. Set on every launch, as allow_shared_memory()
 // does (the attribute belongs to the function in the current context; a launch is captured once
-// per bucket graph, and eager launches are not the serving path).
+// per bucket graph). The three calls cost an eager launch host time: measured +5-8 us per
+// align_async() call of this variant (dispatch_bench eager column, two runs on H100 machines).
 template <int kItems>
 cudaError_t prefer_shared_carveout() {
   for (void (*kernel)(AlignParams) :
