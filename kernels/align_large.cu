@@ -239,45 +239,33 @@ std::size_t scatter_shared_bytes(int num_experts) {
   return rows_bytes(num_experts) + 3 * sizeof(int) * static_cast<std::size_t>(num_experts);
 }
 
-// Launches `kernel` as a programmatic dependent of the previous kernel on `stream` (captured as
-// a programmatic edge inside stream capture); the kernel waits for it with
-// wait_for_previous_kernel().
-cudaError_t launch_dependent(void (*kernel)(AlignParams), int grid, int threads,
-                             std::size_t shared_bytes, const AlignParams& params,
-                             cudaStream_t stream) {
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
+// Every kernel of this variant prefers the largest shared-memory carveout, so an SM running one of
+// them can take blocks of the next without changing its L1/shared split (a change waits for the
+// SM to drain, which undoes the programmatic launch's overlap). Left to the driver, the split
+// followed each kernel's own need and the overlap was lost from E = 1024 on: measured
+// (variant_bench, top-8, B 64, H100) E = 1024: 16.1 -> 7.4 us at 1024 tokens, 18.8 -> 12.0 at
+// 16384; E = 4096: 37.7 -> 30.8 at 16384; equal within noise up to E = 512. A launch attribute,
+// not the function attribute: no host call per launch (three cudaFuncSetAttribute calls had cost
+// each eager launch 5-8 us) and no process-wide state. `programmatic`: the kernel is a
+// programmatic dependent of the previous kernel on `stream` (captured as a programmatic edge) and
+// waits for it with wait_for_previous_kernel().
+cudaError_t launch_kernel(void (*kernel)(AlignParams), int grid, int threads,
+                          std::size_t shared_bytes, bool programmatic, const AlignParams& params,
+                          cudaStream_t stream) {
+  cudaLaunchAttribute attributes[2]{};
+  attributes[0].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
+  attributes[0].val.sharedMemCarveout = cudaSharedmemCarveoutMaxShared;
+  attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[1].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>(grid));
   config.blockDim = dim3(static_cast<unsigned>(threads));
   config.dynamicSmemBytes = shared_bytes;
   config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
+  config.attrs = attributes;
+  config.numAttrs = programmatic ? 2 : 1;
   const cudaError_t status = cudaLaunchKernelEx(&config, kernel, params);
   return status != cudaSuccess ? status : cudaGetLastError();
-}
-
-// The three kernels prefer the largest shared-memory carveout, so an SM running one of them can
-// take blocks of the next without changing its L1/shared split (a change waits for the SM to
-// drain, which undoes the programmatic launch's overlap). Left to the driver, the split followed
-// each kernel's own need and the overlap was lost from E = 1024 on: measured (variant_bench,
-// top-8, B 64) E = 1024: 16.1 -> 7.4 us at 1024 tokens, 18.8 -> 12.0 at 16384; E = 4096: 37.7 ->
-// 30.8 at 16384; equal within noise up to E = 512. Set on every launch, as allow_shared_memory()
-// does (the attribute belongs to the function in the current context; a launch is captured once
-// per bucket graph). The three calls cost an eager launch host time: measured +5-8 us per
-// align_async() call of this variant (dispatch_bench eager column, two runs on H100 machines).
-template <int kItems>
-cudaError_t prefer_shared_carveout() {
-  for (void (*kernel)(AlignParams) :
-       {align_count_kernel<kLargeThreads, kItems>, align_prefix_kernel<kItems>,
-        align_scatter_kernel<kLargeThreads, kItems>}) {
-    const cudaError_t status = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-    if (status != cudaSuccess) return status;
-  }
-  return cudaSuccess;
 }
 
 template <int kItems>
@@ -285,20 +273,19 @@ cudaError_t launch_large(const AlignParams& params, const AlignPlan& plan, cudaS
   const auto count = align_count_kernel<kLargeThreads, kItems>;
   const auto scatter = align_scatter_kernel<kLargeThreads, kItems>;
   const std::size_t count_bytes = sizeof(int) * static_cast<std::size_t>(params.num_experts + 1);
-  cudaError_t status = prefer_shared_carveout<kItems>();
-  if (status == cudaSuccess) status = allow_shared_memory(count, count_bytes);
+  cudaError_t status = allow_shared_memory(count, count_bytes);
   if (status == cudaSuccess) status = allow_shared_memory(scatter, plan.shared_bytes);
   if (status != cudaSuccess) return status;
 
   const int prefix_warps = kPrefixThreads / kWarp;
   const int prefix_grid = (params.num_experts + 1 + prefix_warps - 1) / prefix_warps;
-  count<<<plan.grid, kLargeThreads, count_bytes, stream>>>(params);
-  if ((status = cudaGetLastError()) != cudaSuccess) return status;
-  status =
-      launch_dependent(align_prefix_kernel<kItems>, prefix_grid, kPrefixThreads, 0, params, stream);
+  status = launch_kernel(count, plan.grid, kLargeThreads, count_bytes, false, params, stream);
   if (status != cudaSuccess) return status;
-  return launch_dependent(scatter, plan.write_grid, kLargeThreads, plan.shared_bytes, params,
-                          stream);
+  status = launch_kernel(align_prefix_kernel<kItems>, prefix_grid, kPrefixThreads, 0, true, params,
+                         stream);
+  if (status != cudaSuccess) return status;
+  return launch_kernel(scatter, plan.write_grid, kLargeThreads, plan.shared_bytes, true, params,
+                       stream);
 }
 
 }  // namespace
