@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/align.hpp"
@@ -45,15 +46,82 @@ double graph_us(const mk::AlignParams& p, const mk::AlignPlan& plan, cudaStream_
   return samples[samples.size() / 2];
 }
 
+// Device buffers and parameters for one shape and token count, routed uniformly at random.
+struct Point {
+  md::DeviceBuffer<std::int32_t> input, count, post, sorted, blocks, scratch;
+  mk::AlignParams params;
+
+  Point(int experts, int top_k, int block, int tokens, std::size_t scratch_ints, std::mt19937& rng)
+      : input(static_cast<std::size_t>(tokens) * top_k),
+        count(1),
+        post(4),
+        sorted(static_cast<std::size_t>(md::sorted_capacity(
+            md::AlignShape{experts, top_k, block, false}, std::int64_t{tokens} * top_k))),
+        blocks(static_cast<std::size_t>(md::expert_ids_capacity(
+            md::AlignShape{experts, top_k, block, false}, std::int64_t{tokens} * top_k))),
+        scratch(std::max<std::size_t>(scratch_ints, 1)) {
+    std::vector<std::int32_t> ids(input.size());
+    std::uniform_int_distribution<int> pick(0, experts - 1);
+    for (auto& id : ids) id = pick(rng);
+    MOE_DISPATCH_CUDA_CHECK(
+        cudaMemcpy(input.get(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+    MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(count.get(), &tokens, 4, cudaMemcpyHostToDevice));
+    params.topk_ids = input.get();
+    params.num_tokens = count.get();
+    params.sorted_token_ids = sorted.get();
+    params.expert_ids = blocks.get();
+    params.num_tokens_post_pad = post.get();
+    params.counters = post.get() + 1;
+    params.scratch = scratch.get();
+    params.num_experts = experts;
+    params.top_k = top_k;
+    params.block_size = block;
+    params.max_tokens = tokens;
+  }
+};
+
+// variant_bench shapes: every small-variant block and cluster shape that holds the step (with at
+// most four times its slots), per shape and slot count.
+int sweep_small_shapes(cudaStream_t stream) {
+  struct Shape {
+    int experts, top_k, block;
+  };
+  const Shape shapes[] = {{8, 2, 64},   {64, 2, 128}, {128, 8, 64},
+                          {256, 8, 64}, {512, 8, 64}, {1024, 8, 128}};
+  std::mt19937 rng(9);
+  std::printf(
+      "| E | top_k | B | numel | threads x items x cluster | grid | µs |\n"
+      "|---|---|---|---|---|---|---|\n");
+  for (const Shape& s : shapes) {
+    for (std::int64_t numel = 128; numel <= mk::kSmallMaxNumel; numel *= 2) {
+      const int tokens = static_cast<int>(numel / s.top_k);
+      Point point(s.experts, s.top_k, s.block, tokens, 0, rng);
+      for (const mk::SmallShape& shape : mk::kSmallShapes) {
+        if (shape.capacity() < numel || shape.capacity() > 4 * numel) continue;
+        const mk::AlignPlan plan = mk::small_plan(numel, s.experts, s.block, shape);
+        std::printf("| %d | %d | %d | %lld | %d x %d x %d | %d | %.2f |\n", s.experts, s.top_k,
+                    s.block, static_cast<long long>(numel), shape.threads, shape.items,
+                    shape.cluster, plan.grid, graph_us(point.params, plan, stream));
+      }
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
-// Usage: variant_bench [E TOP_K B TOKENS]  (one point, e.g. under a profiler; default: the grid)
+// Usage: variant_bench [E TOP_K B TOKENS | shapes]  (one point, e.g. under a profiler; the small
+// variant's shapes; default: the grid)
 int main(int argc, char** argv) {
+  if (argc == 2 && std::string(argv[1]) == "shapes") {
+    const md::Stream stream = md::make_stream();
+    return sweep_small_shapes(stream.get());
+  }
   struct Shape {
     int experts, top_k, block;
   };
   std::vector<Shape> shapes{{8, 2, 64}, {64, 2, 128}, {128, 8, 64}, {256, 8, 64}, {1024, 8, 128}};
-  std::vector<int> token_counts{1, 2, 4, 8, 16, 64, 256, 512, 1024, 2048};
+  std::vector<int> token_counts{1, 2, 4, 8, 16, 64, 256, 512, 1024, 2048, 4096, 16384};
   if (argc == 5) {
     shapes = {{std::atoi(argv[1]), std::atoi(argv[2]), std::atoi(argv[3])}};
     token_counts = {std::atoi(argv[4])};
@@ -66,36 +134,14 @@ int main(int argc, char** argv) {
   for (const Shape& s : shapes) {
     for (const int tokens : token_counts) {
       const std::int64_t numel = std::int64_t{tokens} * s.top_k;
-      const md::AlignShape shape{s.experts, s.top_k, s.block, false};
-      std::vector<std::int32_t> ids(static_cast<std::size_t>(numel));
-      std::uniform_int_distribution<int> pick(0, s.experts - 1);
-      for (auto& id : ids) id = pick(rng);
       const mk::AlignPlan tiny = mk::plan_align(numel, s.experts, s.block, mk::AlignVariant::kTiny);
       const mk::AlignPlan small =
           mk::plan_align(numel, s.experts, s.block, mk::AlignVariant::kSmall);
       const mk::AlignPlan large =
           mk::plan_align(numel, s.experts, s.block, mk::AlignVariant::kLarge);
-      md::DeviceBuffer<std::int32_t> input(ids.size()), count(1), post(4);
-      md::DeviceBuffer<std::int32_t> sorted(
-          static_cast<std::size_t>(md::sorted_capacity(shape, numel)));
-      md::DeviceBuffer<std::int32_t> blocks(
-          static_cast<std::size_t>(md::expert_ids_capacity(shape, numel)));
-      md::DeviceBuffer<std::int32_t> scratch(mk::align_scratch_ints(large, s.experts));
-      MOE_DISPATCH_CUDA_CHECK(
-          cudaMemcpy(input.get(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
-      MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(count.get(), &tokens, 4, cudaMemcpyHostToDevice));
-      mk::AlignParams p;
-      p.topk_ids = input.get();
-      p.num_tokens = count.get();
-      p.sorted_token_ids = sorted.get();
-      p.expert_ids = blocks.get();
-      p.num_tokens_post_pad = post.get();
-      p.counters = post.get() + 1;
-      p.scratch = scratch.get();
-      p.num_experts = s.experts;
-      p.top_k = s.top_k;
-      p.block_size = s.block;
-      p.max_tokens = tokens;
+      Point point(s.experts, s.top_k, s.block, tokens, mk::align_scratch_ints(large, s.experts),
+                  rng);
+      const mk::AlignParams& p = point.params;
       const bool small_fits = numel <= mk::kSmallMaxNumel && s.experts <= mk::kSmallMaxExperts;
       const bool tiny_fits = numel <= mk::kTinyMaxNumel;
       std::printf("| %d | %d | %d | %d | %lld | %.2f | %.2f (%d) | %.2f |\n", s.experts, s.top_k,

@@ -51,6 +51,7 @@ struct AlignPlan {
   AlignVariant variant = AlignVariant::kSmall;
   int threads = 0;               // threads per block
   int items = 0;                 // slots per thread (each warp owns 32 * items consecutive slots)
+  int cluster = 1;               // small variant: blocks per thread-block cluster
   int grid = 1;                  // blocks (large variant: of the count kernel, one per chunk)
   int write_grid = 1;            // large variant: blocks of the scatter kernel (at least grid)
   std::size_t shared_bytes = 0;  // dynamic shared memory per block

@@ -272,6 +272,35 @@ struct UnusedTail {
   }
 };
 
+// The opening of the one-kernel variants (tiny and small): the ids of the warp's slots from
+// `first` (loaded up to the capacity, so they are in flight before the count arrives), the count,
+// and the tail past the bound, written at once when the count is a kernel parameter (known before
+// the ids arrive); a count in device memory arrives with the ids, and the caller writes the tail
+// (fill_early) once it has ranked them.
+template <int kItems>
+struct OneKernelStart {
+  int ids[kItems];
+  bool clamped = false;
+  int num_tokens;
+  int numel;
+  bool count_is_parameter;
+  UnusedTail tail;
+
+  __device__ OneKernelStart(const AlignParams& p, std::int64_t first)
+      : num_tokens(load(p, first)),
+        numel(num_tokens * p.top_k),
+        count_is_parameter(p.num_tokens == nullptr),
+        tail(p, numel) {
+    if (count_is_parameter) tail.fill_early(p, numel);
+  }
+
+ private:
+  __device__ int load(const AlignParams& p, std::int64_t first) {
+    load_ids<kItems>(p, first, static_cast<std::int64_t>(p.max_tokens) * p.top_k, ids);
+    return read_num_tokens(p, &clamped);
+  }
+};
+
 // Each expert's blocks in expert_ids and the sentinel in its padding,
 // [start * B + count, (start + blocks) * B): a group of lanes per expert, sized to B (at most B / 8
 // padding entries per lane), groups spread over the grid. Measured on decode steps at E = 256: a

@@ -154,14 +154,8 @@ template <int kItems>
 __global__ void __launch_bounds__(kTinyThreads) align_tiny_kernel(const AlignParams p) {
   static_assert(kItems <= kTinyWarps, "one warp scatters each item");
   const int lane = threadIdx.x % kWarp;
-  int ids[kItems];
-  load_ids<kItems>(p, 0, static_cast<std::int64_t>(p.max_tokens) * p.top_k, ids);
-  bool clamped = false;
-  const int num_tokens = read_num_tokens(p, &clamped);
-  const int numel = num_tokens * p.top_k;
-  const UnusedTail tail(p, numel);
-  const bool count_is_parameter = p.num_tokens == nullptr;
-  if (count_is_parameter) tail.fill_early(p, numel);
+  const OneKernelStart<kItems> start(p, 0);
+  const int numel = start.numel;
 
   // Keys from the ids alone (slots past the count are masked out once it is known).
   // A valid id is skipped only when the map drops its expert: one ballot more then.
@@ -171,7 +165,7 @@ __global__ void __launch_bounds__(kTinyThreads) align_tiny_kernel(const AlignPar
   int invalid = 0;
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
-    const int id = ids[j];
+    const int id = start.ids[j];
     const bool bad = id < 0 || id >= p.num_experts;
     s.key[j] = bad ? -1 : counted_expert(p, id);
     const int below = numel - j * kWarp;  // lanes of item j below the count
@@ -187,7 +181,7 @@ __global__ void __launch_bounds__(kTinyThreads) align_tiny_kernel(const AlignPar
   if (warp == 0 && lane == 0) {
     *p.num_tokens_post_pad = used_blocks * p.block_size;
     p.counters[kCounterInvalid] = invalid;
-    write_count_counters(p, num_tokens, clamped);
+    write_count_counters(p, start.num_tokens, start.clamped);
   }
   // Warp j scatters item j; slots, segment padding and tail are disjoint entries.
 #pragma unroll
@@ -196,10 +190,10 @@ __global__ void __launch_bounds__(kTinyThreads) align_tiny_kernel(const AlignPar
       p.sorted_token_ids[s.start[j] * p.block_size + s.rank[j]] = j * kWarp + lane;
     }
   }
-  if (count_is_parameter) {
+  if (start.count_is_parameter) {
     // Past the bound the tail is written already: a warp per output block up to it, used or not.
 #pragma unroll 1
-    for (int b = warp; b < tail.bound_blocks; b += warps) {
+    for (int b = warp; b < start.tail.bound_blocks; b += warps) {
       if (b < used_blocks) {
         write_output_block<kItems>(p, s, b, numel);
       } else {
@@ -211,7 +205,7 @@ __global__ void __launch_bounds__(kTinyThreads) align_tiny_kernel(const AlignPar
     // written in one pass (two fills fewer on every warp's path).
 #pragma unroll 1
     for (int b = warp; b < used_blocks; b += warps) write_output_block<kItems>(p, s, b, numel);
-    tail.fill_all(p, used_blocks, numel);
+    start.tail.fill_all(p, used_blocks, numel);
   }
 }
 

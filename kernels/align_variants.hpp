@@ -12,6 +12,40 @@ namespace moe_dispatch::kernels {
 inline constexpr std::int64_t kSmallMaxNumel = 16384;
 inline constexpr int kSmallMaxExperts = 2048;
 
+// Block shapes of the small variant. A cluster of `cluster` blocks splits the ranking of all slots
+// (each block ranks threads * items of them, the blocks exchange their per-expert totals through
+// distributed shared memory); every cluster of the grid ranks all slots and writes its share.
+struct SmallShape {
+  int threads;
+  int items;    // slots per thread
+  int cluster;  // blocks per cluster (1: no cluster, each block ranks all slots)
+  constexpr std::int64_t capacity() const { return std::int64_t{threads} * items * cluster; }
+};
+// Every shape the kernel is built for: the planner's, and the clustered ones variant_bench
+// compares them with.
+inline constexpr SmallShape kSmallShapes[] = {
+    {128, 1, 1}, {256, 2, 1}, {512, 4, 1}, {1024, 4, 1}, {1024, 8, 1}, {1024, 16, 1}, {256, 1, 4},
+    {128, 2, 4}, {256, 2, 4}, {256, 1, 8}, {256, 2, 8},  {512, 1, 8},  {512, 2, 8},   {512, 4, 8}};
+// The planner's shape for steps of up to max_numel slots over up to max_experts experts (the first
+// rule that holds).
+struct SmallShapeRule {
+  std::int64_t max_numel;
+  int max_experts;
+  SmallShape shape;
+};
+inline constexpr SmallShapeRule kSmallShapeRules[] = {
+    {128, kSmallMaxExperts, {128, 1, 1}},
+    {512, kSmallMaxExperts, {256, 2, 1}},
+    {1024, 512, {256, 1, 4}},
+    {2048, 512, {256, 2, 4}},
+    {4096, 512, {256, 2, 8}},
+    {8192, 512, {512, 2, 8}},
+    {kSmallMaxNumel, 512, {512, 4, 8}},
+    {2048, kSmallMaxExperts, {512, 4, 1}},
+    {4096, kSmallMaxExperts, {1024, 4, 1}},
+    {8192, kSmallMaxExperts, {1024, 8, 1}},
+    {kSmallMaxNumel, kSmallMaxExperts, {1024, 16, 1}}};
+
 // Largest numel the tiny variant takes (2 slots per lane of one warp; its masks grow with the
 // square of the slots per lane: at 4 it was measured slower than the small variant for E <= 256).
 inline constexpr std::int64_t kTinyMaxNumel = 64;
@@ -39,6 +73,9 @@ cudaError_t launch_align_large(const AlignParams& params, const AlignPlan& plan,
 
 AlignPlan tiny_plan(std::int64_t max_numel, int num_experts, int block_size);
 AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size);
+// The small variant in a given shape (variant_bench compares the shapes).
+AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size,
+                     const SmallShape& shape);
 AlignPlan large_plan(std::int64_t max_numel, int num_experts, int block_size);
 std::size_t large_scratch_ints(const AlignPlan& plan, int num_experts);
 

@@ -54,6 +54,8 @@ class Harness {
   }
 
   const mk::AlignPlan& plan() const { return plan_; }
+  // Runs another plan of the same variant (a small-variant shape), for the tests of each shape.
+  void use_plan(const mk::AlignPlan& plan) { plan_ = plan; }
 
   // Passes the count as a kernel parameter (as DispatchStage::run does) instead of in device
   // memory; the kernels then write the tail's far part while the ids load.
@@ -250,6 +252,37 @@ TEST_CASE("the tiny variant is exact at each of its shapes (1 and 2 slots per la
   }
   MESSAGE("checked " << checked << " runs");
   CHECK(checked > 300);
+}
+
+TEST_CASE("the small variant is exact in every block and cluster shape it is built for") {
+  std::mt19937 rng(31);
+  const Routing routings[] = {Routing::kUniform, Routing::kWithInvalid, Routing::kOneExpert,
+                              Routing::kZipf, Routing::kOneNonEmpty};
+  int checked = 0;
+  for (const mk::SmallShape& shape : mk::kSmallShapes) {
+    for (const int experts : {1, 8, 257, 2048}) {
+      for (const int block : {1, 64}) {
+        const int top_k = experts == 1 ? 1 : 8;
+        const int capacity = static_cast<int>(shape.capacity() / top_k);
+        Harness h(capacity, experts, top_k, block, block == 64, mk::AlignVariant::kSmall);
+        h.use_plan(mk::small_plan(shape.capacity(), experts, block, shape));
+        std::uniform_int_distribution<int> count(1, capacity);
+        for (const int tokens : {0, 1, count(rng), capacity}) {
+          const Routing routing = routings[static_cast<std::size_t>(checked) % 5];
+          h.use_parameter_count(checked % 2 == 1);
+          INFO("shape " << shape.threads << " x " << shape.items << " x " << shape.cluster << ", E "
+                        << experts << ", B " << block << ", tokens " << tokens << ", "
+                        << std::string(md::test::to_string(routing)));
+          const std::string diff =
+              h.check(md::test::make_routing(routing, tokens, top_k, experts, rng));
+          CHECK_MESSAGE(diff.empty(), diff);
+          ++checked;
+        }
+      }
+    }
+  }
+  MESSAGE("checked " << checked << " runs");
+  CHECK(checked == 32 * static_cast<int>(std::size(mk::kSmallShapes)));
 }
 
 TEST_CASE("the tiny variant refuses a capacity past 64 slots") {
@@ -497,6 +530,12 @@ TEST_CASE("the planner picks one kernel for decode shapes") {
     }
   }
   CHECK(mk::plan_align(std::int64_t{1} << 20, 256, 64).variant == mk::AlignVariant::kLarge);
+  // Clusters share the ranking from 513 slots up to E = 512 (measured ahead there), not past it.
+  CHECK(mk::plan_align(512, 256, 64).cluster == 1);
+  CHECK(mk::plan_align(513, 256, 64).cluster == 4);
+  CHECK(mk::plan_align(4096, 512, 64).cluster == 8);
+  CHECK(mk::plan_align(4096, 513, 64).cluster == 1);
+  CHECK(mk::plan_align(4096, 1024, 64).cluster == 1);
   // Above 4096 slots three kernels for every E (measured ahead at 8192 up to E = 2048).
   for (const int experts : {8, 256, 1024, 2048}) {
     CHECK(mk::plan_align(4096, experts, 128).variant == mk::AlignVariant::kSmall);
