@@ -332,6 +332,23 @@ __device__ __forceinline__ void write_segments(const AlignParams& p, const int* 
   }
 }
 
+// Launches `kernel` (grid x threads, shared_bytes of dynamic shared memory) on `stream` with the
+// given launch attributes. Returns the launch's error, else the last error after it.
+inline cudaError_t launch_with_attributes(void (*kernel)(AlignParams), int grid, int threads,
+                                          std::size_t shared_bytes, cudaLaunchAttribute* attributes,
+                                          unsigned num_attributes, const AlignParams& params,
+                                          cudaStream_t stream) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(grid));
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = shared_bytes;
+  config.stream = stream;
+  config.attrs = attributes;
+  config.numAttrs = num_attributes;
+  const cudaError_t status = cudaLaunchKernelEx(&config, kernel, params);
+  return status != cudaSuccess ? status : cudaGetLastError();
+}
+
 // Lets `kernel` use up to the device's opt-in maximum of dynamic shared memory when `bytes` needs
 // more than the default 48 KiB. Never lowers the limit: the attribute is per function and process
 // wide, and other launches (other stages) may need more than this one.

@@ -257,15 +257,8 @@ cudaError_t launch_kernel(void (*kernel)(AlignParams), int grid, int threads,
   attributes[0].val.sharedMemCarveout = cudaSharedmemCarveoutMaxShared;
   attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attributes[1].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(grid));
-  config.blockDim = dim3(static_cast<unsigned>(threads));
-  config.dynamicSmemBytes = shared_bytes;
-  config.stream = stream;
-  config.attrs = attributes;
-  config.numAttrs = programmatic ? 2 : 1;
-  const cudaError_t status = cudaLaunchKernelEx(&config, kernel, params);
-  return status != cudaSuccess ? status : cudaGetLastError();
+  return launch_with_attributes(kernel, grid, threads, shared_bytes, attributes,
+                                programmatic ? 2 : 1, params, stream);
 }
 
 template <int kItems>

@@ -151,15 +151,8 @@ cudaError_t launch_shape(const AlignParams& params, const AlignPlan& plan, cudaS
     attribute.val.clusterDim.x = kClusterBlocks;
     attribute.val.clusterDim.y = 1;
     attribute.val.clusterDim.z = 1;
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(static_cast<unsigned>(plan.grid));
-    config.blockDim = dim3(kThreads);
-    config.dynamicSmemBytes = plan.shared_bytes;
-    config.stream = stream;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-    const cudaError_t status = cudaLaunchKernelEx(&config, kernel, params);
-    return status != cudaSuccess ? status : cudaGetLastError();
+    return launch_with_attributes(kernel, plan.grid, kThreads, plan.shared_bytes, &attribute, 1,
+                                  params, stream);
   }
 }
 
