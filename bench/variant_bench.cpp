@@ -108,14 +108,56 @@ int sweep_small_shapes(cudaStream_t stream) {
   return 0;
 }
 
+// variant_bench large: the large variant at 2, 4 and 8 slots per thread, each with two kernels
+// (the scatter kernel adds up the cluster totals) and three (a prefix kernel scans them first),
+// and the planner's choice.
+int sweep_large_kernels(cudaStream_t stream) {
+  struct Shape {
+    int experts, top_k, block;
+  };
+  const Shape shapes[] = {{8, 2, 64},   {64, 2, 128},   {128, 8, 64},  {256, 8, 64},
+                          {512, 8, 64}, {1024, 8, 128}, {2048, 8, 64}, {4096, 8, 64}};
+  const int token_counts[] = {1024, 4096, 8192, 16384, 32768, 65536};
+  std::mt19937 rng(11);
+  std::printf(
+      "| E | top_k | B | tokens | numel | planner (slots x kernels) | 2 x 2 | 2 x 3 | 4 x 2 | 4 x "
+      "3 "
+      "| 8 x 2 | 8 x 3 |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const Shape& s : shapes) {
+    for (const int tokens : token_counts) {
+      const std::int64_t numel = std::int64_t{tokens} * s.top_k;
+      const mk::AlignPlan chosen =
+          mk::plan_align(numel, s.experts, s.block, mk::AlignVariant::kLarge);
+      // Two slots per thread have the largest grid, hence the most scratch.
+      const mk::AlignPlan widest = mk::large_plan(numel, s.experts, s.block, 3, 2);
+      Point point(s.experts, s.top_k, s.block, tokens, mk::align_scratch_ints(widest, s.experts),
+                  rng);
+      std::printf("| %d | %d | %d | %d | %lld | %d x %d |", s.experts, s.top_k, s.block, tokens,
+                  static_cast<long long>(numel), chosen.items, chosen.kernels);
+      for (const int items : {2, 4, 8}) {
+        for (const int kernels : {2, 3}) {
+          const mk::AlignPlan plan = mk::large_plan(numel, s.experts, s.block, kernels, items);
+          std::printf(" %.2f |", graph_us(point.params, plan, stream));
+        }
+      }
+      std::printf("\n");
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
-// Usage: variant_bench [E TOP_K B TOKENS | shapes]  (one point, e.g. under a profiler; the small
-// variant's shapes; default: the grid)
+// Usage: variant_bench [E TOP_K B TOKENS | shapes | large]  (one point, e.g. under a profiler;
+// the small variant's shapes; the large variant's two- and three-kernel forms; default: the grid)
 int main(int argc, char** argv) {
   if (argc == 2 && std::string(argv[1]) == "shapes") {
     const md::Stream stream = md::make_stream();
     return sweep_small_shapes(stream.get());
+  }
+  if (argc == 2 && std::string(argv[1]) == "large") {
+    const md::Stream stream = md::make_stream();
+    return sweep_large_kernels(stream.get());
   }
   struct Shape {
     int experts, top_k, block;

@@ -42,18 +42,19 @@ enum class AlignVariant {
            // (ballots only, no shared memory, no barrier), then writes its share of the outputs
   kSmall,  // one kernel: every block counts, ranks and scans all slots (barriers between the
            // stages), then writes its share of the outputs
-  kLarge,  // count kernel (per-block histograms), prefix kernel (a warp per expert row), scatter
-           // kernel (every block scans the totals and writes its chunk and share)
+  kLarge,  // count kernel (per-block histograms combined in thread-block clusters), a prefix
+           // kernel over the clusters when there are many, scatter kernel (every block scans the
+           // totals and writes its chunk and share)
 };
 
 // Launch shape of one alignment; a function of (max numel, E, B) only.
 struct AlignPlan {
   AlignVariant variant = AlignVariant::kSmall;
-  int threads = 0;               // threads per block
-  int items = 0;                 // slots per thread (each warp owns 32 * items consecutive slots)
-  int cluster = 1;               // small variant: blocks per thread-block cluster
-  int grid = 1;                  // blocks (large variant: of the count kernel, one per chunk)
-  int write_grid = 1;            // large variant: blocks of the scatter kernel (at least grid)
+  int threads = 0;     // threads per block
+  int items = 0;       // slots per thread (each warp owns 32 * items consecutive slots)
+  int cluster = 1;     // blocks per thread-block cluster (large: of the count kernel)
+  int grid = 1;        // blocks (large variant: of the count kernel, one per chunk, whole clusters)
+  int write_grid = 1;  // large variant: blocks of the scatter kernel (at least grid)
   std::size_t shared_bytes = 0;  // dynamic shared memory per block
   int kernels = 1;               // kernel launches per alignment
 };

@@ -46,6 +46,25 @@ inline constexpr SmallShapeRule kSmallShapeRules[] = {
     {8192, kSmallMaxExperts, {1024, 8, 1}},
     {kSmallMaxNumel, kSmallMaxExperts, {1024, 16, 1}}};
 
+// Shapes of the large variant, for steps of up to max_numel slots over up to max_experts experts
+// (the first rule that holds; past them all, 8 slots per thread and 3 kernels): slots per thread
+// (2, 4 or 8) and kernels (2: the scatter kernel adds up the count kernel's cluster totals
+// itself; 3: a prefix kernel scans them first). Measured (`variant_bench large`, H200,
+// docs/BENCHMARKS.md): two kernels are ahead while a thread adds up few totals (clusters x
+// experts per thread), as 16384 x 256 x 8 shows (4 slots per thread: 7.28 us with two kernels,
+// 7.78 with three), and fall behind steeply past that (E 1024 at 131072 slots: 15.67 against
+// 12.81), since a thread adds up its experts one after another; more slots per thread (fewer,
+// fuller blocks) win as the step or E grows, since every block handles all E experts.
+struct LargeShapeRule {
+  std::int64_t max_numel;
+  int max_experts;
+  int items;
+  int kernels;
+};
+inline constexpr LargeShapeRule kLargeShapeRules[] = {
+    {32768, 1024, 2, 2}, {8192, 2048, 2, 2},  {8192, 4096, 4, 2},   {131072, 256, 4, 2},
+    {65536, 1024, 4, 2}, {131072, 512, 8, 2}, {262144, 1024, 4, 3}, {65536, 4096, 4, 3}};
+
 // Largest numel the tiny variant takes (2 slots per lane of one warp; its masks grow with the
 // square of the slots per lane: at 4 it was measured slower than the small variant for E <= 256).
 inline constexpr std::int64_t kTinyMaxNumel = 64;
@@ -77,6 +96,11 @@ AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size);
 AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size,
                      const SmallShape& shape);
 AlignPlan large_plan(std::int64_t max_numel, int num_experts, int block_size);
+// The large variant with the given number of kernels, 2 (the scatter kernel adds up the cluster
+// totals itself) or 3 (a prefix kernel scans them first), and slots per thread (2, 4 or 8);
+// variant_bench compares them.
+AlignPlan large_plan(std::int64_t max_numel, int num_experts, int block_size, int kernels,
+                     int items);
 std::size_t large_scratch_ints(const AlignPlan& plan, int num_experts);
 
 }  // namespace moe_dispatch::kernels

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/align.hpp"
@@ -54,8 +55,13 @@ class Harness {
   }
 
   const mk::AlignPlan& plan() const { return plan_; }
-  // Runs another plan of the same variant (a small-variant shape), for the tests of each shape.
-  void use_plan(const mk::AlignPlan& plan) { plan_ = plan; }
+  // Runs another plan of the same variant (a small-variant shape, a large-variant form), for the
+  // tests of each; the scratch grows to what the plan needs.
+  void use_plan(const mk::AlignPlan& plan) {
+    plan_ = plan;
+    const std::size_t scratch = mk::align_scratch_ints(plan_, shape_.num_experts);
+    if (scratch > scratch_.size()) scratch_ = md::DeviceBuffer<std::int32_t>(scratch);
+  }
 
   // Passes the count as a kernel parameter (as DispatchStage::run does) instead of in device
   // memory; the kernels then write the tail's far part while the ids load.
@@ -285,6 +291,42 @@ TEST_CASE("the small variant is exact in every block and cluster shape it is bui
   CHECK(checked == 32 * static_cast<int>(std::size(mk::kSmallShapes)));
 }
 
+TEST_CASE("the large variant is exact with two kernels and with three, at 2, 4 and 8 slots") {
+  std::mt19937 rng(37);
+  const Routing routings[] = {Routing::kUniform, Routing::kWithInvalid, Routing::kOneExpert,
+                              Routing::kZipf, Routing::kOneNonEmpty};
+  int checked = 0;
+  for (const int kernels : {2, 3}) {
+    for (const int experts : {1, 8, 257, 1024}) {
+      const int top_k = experts == 1 ? 1 : 8;
+      // One chunk, a few clusters, and up to 64 clusters of 8 blocks (16384 tokens).
+      for (const int capacity : {3, 600, 16384}) {
+        const std::int64_t numel = std::int64_t{capacity} * top_k;
+        Harness h(capacity, experts, top_k, 64, kernels == 3, mk::AlignVariant::kLarge);
+        for (const int items : {2, 4, 8}) {
+          if (capacity < 16384 && items != h.plan().items) continue;
+          h.use_plan(mk::large_plan(numel, experts, 64, kernels, items));
+          REQUIRE(h.plan().grid % h.plan().cluster == 0);
+          std::uniform_int_distribution<int> count(1, capacity);
+          for (const int tokens : {0, 1, count(rng), capacity}) {
+            const Routing routing = routings[static_cast<std::size_t>(checked) % 5];
+            h.use_parameter_count(checked % 2 == 1);
+            INFO(kernels << " kernels, " << items << " slots per thread, E " << experts
+                         << ", capacity " << capacity << ", tokens " << tokens << ", grid "
+                         << h.plan().grid << ", " << std::string(md::test::to_string(routing)));
+            const std::string diff =
+                h.check(md::test::make_routing(routing, tokens, top_k, experts, rng));
+            CHECK_MESSAGE(diff.empty(), diff);
+            ++checked;
+          }
+        }
+      }
+    }
+  }
+  MESSAGE("checked " << checked << " runs");
+  CHECK(checked == 160);
+}
+
 TEST_CASE("the tiny variant refuses a capacity past 64 slots") {
   Harness h(9, 8, 8, 16, false, mk::AlignVariant::kTiny);  // 72 slots
   CHECK(mk::launch_align(h.params(), h.plan(), nullptr) == cudaErrorInvalidConfiguration);
@@ -338,7 +380,7 @@ TEST_CASE("the edges of each variant's shapes: block sizes near 1024, most exper
       }
     }
   }
-  // 4096 experts at decode sizes: the three-kernel variant's blocks past its one chunk only write
+  // 4096 experts at decode sizes: the large variant's blocks past its one chunk only write
   // (E * B outputs), the tiny variant writes a 4 M-entry tail.
   for (const mk::AlignVariant variant : {mk::AlignVariant::kTiny, mk::AlignVariant::kLarge}) {
     for (const int block : {128, 1024}) {
@@ -536,19 +578,36 @@ TEST_CASE("the planner picks one kernel for decode shapes") {
   CHECK(mk::plan_align(4096, 512, 64).cluster == 8);
   CHECK(mk::plan_align(4096, 513, 64).cluster == 1);
   CHECK(mk::plan_align(4096, 1024, 64).cluster == 1);
-  // Above 4096 slots three kernels for every E (measured ahead at 8192 up to E = 2048).
+  // Above 4096 slots the large variant for every E (measured ahead at 8192 up to E = 2048).
   for (const int experts : {8, 256, 1024, 2048}) {
     CHECK(mk::plan_align(4096, experts, 128).variant == mk::AlignVariant::kSmall);
     CHECK(mk::plan_align(4097, experts, 128).variant == mk::AlignVariant::kLarge);
   }
-  // The three-kernel variant's slots per thread: 2 while the per-block histograms stay under
-  // 32768 entries, 4 from there up to 262144 slots, 8 above.
-  CHECK(mk::plan_align(32768, 510, 128, mk::AlignVariant::kLarge).items == 2);
-  CHECK(mk::plan_align(32768, 511, 128, mk::AlignVariant::kLarge).items == 4);
-  CHECK(mk::plan_align(131072, 256, 64, mk::AlignVariant::kLarge).items == 4);
-  CHECK(mk::plan_align(262144, 8, 64, mk::AlignVariant::kLarge).items == 2);
-  CHECK(mk::plan_align(262145, 8, 64, mk::AlignVariant::kLarge).items == 8);
-  // Past the small variant's experts: tiny up to 64 slots, then three kernels.
+  // The large variant's shape: the first rule of kLargeShapeRules that holds (slots per thread,
+  // kernels), on both sides of each rule's bounds; the count kernel runs in clusters of 8.
+  const auto shape = [](std::int64_t numel, int experts) {
+    const mk::AlignPlan plan = mk::plan_align(numel, experts, 64, mk::AlignVariant::kLarge);
+    CHECK(plan.cluster == 8);
+    CHECK(plan.grid % 8 == 0);
+    return std::pair{plan.items, plan.kernels};
+  };
+  CHECK(shape(32768, 1024) == std::pair{2, 2});
+  CHECK(shape(32769, 256) == std::pair{4, 2});
+  CHECK(shape(131072, 256) == std::pair{4, 2});  // 16384 tokens x top-8, DeepSeek-V3
+  CHECK(shape(131073, 256) == std::pair{4, 3});
+  CHECK(shape(65536, 1024) == std::pair{4, 2});
+  CHECK(shape(65537, 512) == std::pair{8, 2});
+  CHECK(shape(65537, 513) == std::pair{4, 3});
+  CHECK(shape(262144, 8) == std::pair{4, 3});
+  CHECK(shape(262145, 8) == std::pair{8, 3});
+  CHECK(shape(8192, 2048) == std::pair{2, 2});
+  CHECK(shape(8192, 2049) == std::pair{4, 2});
+  CHECK(shape(8193, 4096) == std::pair{4, 3});
+  CHECK(shape(65537, 2048) == std::pair{8, 3});
+  CHECK(shape(std::int64_t{1} << 24, 4096) == std::pair{8, 3});
+  CHECK(mk::plan_align(131072, 256, 64).grid == 128);
+  CHECK(mk::plan_align(4097, 8, 64).grid == 16);  // 9 chunks of 512 slots
+  // Past the small variant's experts: tiny up to 64 slots, then the large variant.
   CHECK(mk::plan_align(64, 4096, 16).variant == mk::AlignVariant::kTiny);
   CHECK(mk::plan_align(65, 4096, 16).variant == mk::AlignVariant::kLarge);
 }
