@@ -19,10 +19,9 @@ AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size,
 namespace {
 // Decode-sized steps take one kernel launch (one graph node) up to 4096 slots. Measured
 // (bench/variant_bench, docs/BENCHMARKS.md): up to 2048 slots the one-kernel variant is ahead for
-// every E measured (8 to 2048, but E = 2048 at B = 64 by 0.1 us); at 4096 slots its clustered
-// shapes are ahead for E <= 512 (H200, E = 256: 5.05 against 5.63 us) and behind from E = 1024
-// (9.6 against 7.0 us), which the one-launch rule gives up; at 8192 the three kernels are ahead or
-// level for every E.
+// every E measured (8 to 1024); at 4096 slots its clustered shapes are ahead or level for
+// E <= 256 (H200, E = 256: 5.07 against 5.11 us) and behind from E = 1024 (9.94 against 7.92 us),
+// which the one-launch rule gives up; at 8192 the large variant is ahead for every E.
 constexpr std::int64_t kSmallMaxDecodeNumel = 4096;
 }  // namespace
 
