@@ -119,10 +119,9 @@ int sweep_large_kernels(cudaStream_t stream) {
                           {512, 8, 64}, {1024, 8, 128}, {2048, 8, 64}, {4096, 8, 64}};
   const int token_counts[] = {1024, 4096, 8192, 16384, 32768, 65536};
   std::mt19937 rng(11);
-  std::printf(
-      "| E | top_k | B | tokens | numel | planner (slots x kernels) | 2 x 2 | 2 x 3 | 4 x 2 | 4 x "
-      "3 "
-      "| 8 x 2 | 8 x 3 |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("| E | top_k | B | tokens | numel | planner (slots x kernels) |");
+  std::printf(" 2 x 2 | 2 x 3 | 4 x 2 | 4 x 3 | 8 x 2 | 8 x 3 |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Shape& s : shapes) {
     for (const int tokens : token_counts) {
       const std::int64_t numel = std::int64_t{tokens} * s.top_k;

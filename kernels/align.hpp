@@ -34,7 +34,7 @@ struct AlignParams {
   bool map_after = false;  // ExpertMapMode::kMapAfter (expert_map applied to expert_ids only)
   // Derived by launch_align from the fields above and the plan; callers leave them as they are.
   FastDivisor block_div;  // divides by block_size
-  int grid = 0;           // blocks of the plan (the large variant's per-block scratch columns)
+  int grid = 0;           // blocks of the plan (the large variant's per-block scratch rows)
 };
 
 enum class AlignVariant {

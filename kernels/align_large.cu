@@ -34,7 +34,7 @@ constexpr int kMidItems = 4;
 constexpr int kManyItems = 8;
 constexpr int kLargeWarps = kLargeThreads / kWarp;
 constexpr int kPrefixThreads = 256;
-constexpr int kPrefixBatch = 8;     // 32-block chunks of a row loaded before scanning them
+constexpr int kPrefixBatch = 8;     // 32-cluster chunks of a row loaded before scanning them
 constexpr int kMaxWriteGrid = 264;  // two blocks per SM of the H100
 // Blocks per cluster of the count kernel (the portable maximum).
 constexpr int kLargeCluster = 8;
@@ -50,7 +50,7 @@ constexpr std::int64_t large_grid(std::int64_t max_numel, int items) {
 
 // Scratch layout (int32), over the E + 1 experts (entry E: invalid ids):
 //   intra[grid][E + 1]: per block, each expert's slots in the earlier blocks of its cluster (the
-//     scatter kernel reads its block's row, coalesced);
+//     scatter kernel reads its block's row, coalesced; entry E is left unused);
 //   cluster totals, each expert's slots in each cluster: cluster-major [clusters][E + 1] when the
 //     scatter kernel adds them up itself (its threads read consecutive experts, coalesced), else
 //     expert-major [E + 1][clusters], turned by the prefix kernel into exclusive prefixes over
@@ -62,22 +62,22 @@ template <bool kClusterMajor>
 struct LargeLayout {
   int grid;
   int clusters;
-  int rows;
+  int entries;  // per block or cluster: E + 1
   __device__ explicit LargeLayout(const AlignParams& p)
-      : grid(p.grid), clusters(p.grid / kLargeCluster), rows(p.num_experts + 1) {}
+      : grid(p.grid), clusters(p.grid / kLargeCluster), entries(p.num_experts + 1) {}
   __device__ int* intra(const AlignParams& p, int block) const {
-    return p.scratch + static_cast<std::int64_t>(block) * rows;
+    return p.scratch + static_cast<std::int64_t>(block) * entries;
   }
   __device__ int* cluster_totals(const AlignParams& p) const {
-    return p.scratch + static_cast<std::int64_t>(rows) * grid;
+    return p.scratch + static_cast<std::int64_t>(entries) * grid;
   }
   // Offset of expert e's total in cluster c.
   __device__ std::int64_t total_at(int e, int c) const {
-    return kClusterMajor ? static_cast<std::int64_t>(c) * rows + e
+    return kClusterMajor ? static_cast<std::int64_t>(c) * entries + e
                          : static_cast<std::int64_t>(e) * clusters + c;
   }
   __device__ int* totals(const AlignParams& p) const {
-    return cluster_totals(p) + static_cast<std::int64_t>(rows) * clusters;
+    return cluster_totals(p) + static_cast<std::int64_t>(entries) * clusters;
   }
 };
 
@@ -131,7 +131,8 @@ __global__ void __launch_bounds__(kThreads) align_count_kernel(const AlignParams
   const int num_tokens = read_num_tokens(p, &clamped);
   const int numel = num_tokens * p.top_k;
   if (blockIdx.x == 0 && threadIdx.x == 0) write_count_counters(p, num_tokens, clamped);
-  // Every block of an unused cluster leaves here, so no cluster barrier waits for it.
+  // Every block of an unused cluster leaves here, so no cluster barrier waits for it. The grid is
+  // 1-D: block r of cluster c is block c * kLargeCluster + r.
   const int cluster_index = static_cast<int>(blockIdx.x) / kLargeCluster;
   if (cluster_index >= used_clusters<kThreads, kItems>(numel)) return;
 
@@ -150,11 +151,11 @@ __global__ void __launch_bounds__(kThreads) align_count_kernel(const AlignParams
   const cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();  // every histogram of the cluster complete
 
-  // Block `member` of the cluster takes a share of the E + 1 rows: a group of kLargeCluster lanes
-  // per row, lane q reading block q's entry and scanning the group (segmented shuffles).
-  const int member = static_cast<int>(blockIdx.x) % kLargeCluster;
-  const int rows = p.num_experts + 1;
-  const int share = (rows + kLargeCluster - 1) / kLargeCluster;
+  // Block `member` of the cluster takes a share of the E + 1 entries: a group of kLargeCluster
+  // lanes per entry, lane q reading block q's count and scanning the group (segmented shuffles).
+  // Entry E (invalid ids) needs a cluster total only.
+  const int member = static_cast<int>(cluster.block_rank());
+  const int share = (layout.entries + kLargeCluster - 1) / kLargeCluster;
   const int q = threadIdx.x % kLargeCluster;
   const int* remote = cluster.map_shared_rank(hist, q);
   int* cluster_totals = layout.cluster_totals(p);
@@ -163,7 +164,7 @@ __global__ void __launch_bounds__(kThreads) align_count_kernel(const AlignParams
   for (int base = 0; base < share * kLargeCluster; base += kThreads) {
     const int pair = base + static_cast<int>(threadIdx.x);
     const int e = member * share + pair / kLargeCluster;
-    const bool valid = pair < share * kLargeCluster && e < rows;
+    const bool valid = pair < share * kLargeCluster && e < layout.entries;
     const int count = valid ? remote[e] : 0;
     int inclusive = count;
 #pragma unroll
@@ -171,8 +172,10 @@ __global__ void __launch_bounds__(kThreads) align_count_kernel(const AlignParams
       const int up = __shfl_up_sync(kFullMask, inclusive, d, kLargeCluster);
       if (q >= d) inclusive += up;
     }
-    if (valid) {
+    if (valid && e < p.num_experts) {
       layout.intra(p, cluster_index * kLargeCluster + q)[e] = inclusive - count;
+    }
+    if (valid) {
       if (q == kLargeCluster - 1) cluster_totals[layout.total_at(e, cluster_index)] = inclusive;
     }
   }
@@ -266,8 +269,8 @@ __global__ void __launch_bounds__(kThreads) align_scatter_kernel(const AlignPara
   int ids[kItems];
   load_ids<kItems>(p, first, capacity_numel, ids);
 
-  // While the count and prefix kernels run: rank the chunk's slots up to the capacity and turn
-  // the warp rows into prefixes. A slot's rank depends only on the slots before it, so the ranks
+  // While the kernels before it run: rank the chunk's slots up to the capacity and turn the warp
+  // rows into prefixes. A slot's rank depends only on the slots before it, so the ranks
   // of the slots below the count are exact whatever lies past it (those are never scattered).
   std::uint16_t* row = rows + warp * row_stride(p.num_experts);
   zero_warp_row(row, p.num_experts);
@@ -316,7 +319,7 @@ __global__ void __launch_bounds__(kThreads) align_scatter_kernel(const AlignPara
   for (int e = run.first; e < run.last; ++e) {
     const int in_cluster = used ? intra[e] : 0;
     if constexpr (kSumClusters) {
-      const ClusterSums sums(cluster_totals + e, layout.rows, clusters_used, cluster_index);
+      const ClusterSums sums(cluster_totals + e, layout.entries, clusters_used, cluster_index);
       counts[e] = sums.total;
       base[e] = sums.earlier + in_cluster;
     } else {
@@ -329,7 +332,7 @@ __global__ void __launch_bounds__(kThreads) align_scatter_kernel(const AlignPara
     *p.num_tokens_post_pad = used_blocks * p.block_size;
     p.counters[kCounterInvalid] =
         kSumClusters
-            ? ClusterSums(cluster_totals + p.num_experts, layout.rows, clusters_used, 0).total
+            ? ClusterSums(cluster_totals + p.num_experts, layout.entries, clusters_used, 0).total
             : totals[p.num_experts];
   }
   tail.fill_late(p, used_blocks, numel);
@@ -461,7 +464,12 @@ std::size_t large_scratch_ints(const AlignPlan& plan, int num_experts) {
 cudaError_t launch_align_large(const AlignParams& params, const AlignPlan& plan,
                                cudaStream_t stream) {
   if (plan.threads != kLargeThreads) return cudaErrorInvalidConfiguration;
-  if (plan.grid % kLargeCluster != 0) return cudaErrorInvalidConfiguration;
+  // The grid is whole clusters and its chunks cover the capacity (a plan for a smaller capacity
+  // would index past the scratch).
+  if (plan.grid % kLargeCluster != 0 || std::int64_t{plan.grid} * kLargeThreads * plan.items <
+                                            std::int64_t{params.max_tokens} * params.top_k) {
+    return cudaErrorInvalidConfiguration;
+  }
   if (plan.items == kFewItems) return launch_items<kFewItems>(params, plan, stream);
   if (plan.items == kMidItems) return launch_items<kMidItems>(params, plan, stream);
   if (plan.items == kManyItems) return launch_items<kManyItems>(params, plan, stream);

@@ -64,6 +64,15 @@ struct LargeShapeRule {
 inline constexpr LargeShapeRule kLargeShapeRules[] = {
     {32768, 1024, 2, 2}, {8192, 2048, 2, 2},  {8192, 4096, 4, 2},   {131072, 256, 4, 2},
     {65536, 1024, 4, 2}, {131072, 512, 8, 2}, {262144, 1024, 4, 3}, {65536, 4096, 4, 3}};
+// The forms the large variant is built for (its launcher refuses others).
+constexpr bool large_rules_are_built() {
+  for (const LargeShapeRule& rule : kLargeShapeRules) {
+    if (rule.items != 2 && rule.items != 4 && rule.items != 8) return false;
+    if (rule.kernels != 2 && rule.kernels != 3) return false;
+  }
+  return true;
+}
+static_assert(large_rules_are_built());
 
 // Largest numel the tiny variant takes (2 slots per lane of one warp; its masks grow with the
 // square of the slots per lane: at 4 it was measured slower than the small variant for E <= 256).

@@ -299,23 +299,28 @@ TEST_CASE("the large variant is exact with two kernels and with three, at 2, 4 a
   for (const int kernels : {2, 3}) {
     for (const int experts : {1, 8, 257, 1024}) {
       const int top_k = experts == 1 ? 1 : 8;
-      // One chunk, a few clusters, and up to 64 clusters of 8 blocks (16384 tokens).
+      const bool pad = experts == 8 || experts == 1024;
+      // Less than one chunk, a few clusters, and up to 32 clusters of 8 blocks (16384 tokens).
       for (const int capacity : {3, 600, 16384}) {
         const std::int64_t numel = std::int64_t{capacity} * top_k;
-        Harness h(capacity, experts, top_k, 64, kernels == 3, mk::AlignVariant::kLarge);
+        Harness h(capacity, experts, top_k, 64, pad, mk::AlignVariant::kLarge);
         for (const int items : {2, 4, 8}) {
-          if (capacity < 16384 && items != h.plan().items) continue;
           h.use_plan(mk::large_plan(numel, experts, 64, kernels, items));
-          REQUIRE(h.plan().grid % h.plan().cluster == 0);
           std::uniform_int_distribution<int> count(1, capacity);
           for (const int tokens : {0, 1, count(rng), capacity}) {
             const Routing routing = routings[static_cast<std::size_t>(checked) % 5];
-            h.use_parameter_count(checked % 2 == 1);
+            // Both ways of passing the count at every token count, across the groups of four.
+            h.use_parameter_count((checked + checked / 4) % 2 == 1);
             INFO(kernels << " kernels, " << items << " slots per thread, E " << experts
                          << ", capacity " << capacity << ", tokens " << tokens << ", grid "
-                         << h.plan().grid << ", " << std::string(md::test::to_string(routing)));
-            const std::string diff =
-                h.check(md::test::make_routing(routing, tokens, top_k, experts, rng));
+                         << h.plan().grid << ", " << std::string(md::test::to_string(routing))
+                         << ", pad " << pad);
+            // Rows past the count hold valid ids, which must be ignored.
+            const auto ids = md::test::make_routing(routing, capacity, top_k, experts, rng);
+            const std::vector<std::int32_t> head(ids.begin(), ids.begin() + tokens * top_k);
+            const std::string diff = md::test::compare(
+                md::align_reference(head, md::AlignShape{experts, top_k, 64, pad}),
+                h.run(ids, tokens), tokens);
             CHECK_MESSAGE(diff.empty(), diff);
             ++checked;
           }
@@ -324,7 +329,24 @@ TEST_CASE("the large variant is exact with two kernels and with three, at 2, 4 a
     }
   }
   MESSAGE("checked " << checked << " runs");
-  CHECK(checked == 160);
+  CHECK(checked == 288);
+}
+
+TEST_CASE("the large variant's prefix kernel carries its sums across batches of 256 clusters") {
+  std::mt19937 rng(41);
+  constexpr int kCapacity = 140000;  // 1.12 M slots: 274 clusters of 8 blocks of 512 slots
+  const std::int64_t numel = std::int64_t{kCapacity} * 8;
+  Harness h(kCapacity, 8, 8, 64, false, mk::AlignVariant::kLarge);
+  h.use_plan(mk::large_plan(numel, 8, 64, 3, 2));
+  REQUIRE(h.plan().grid / h.plan().cluster > 256);
+  const auto ids = md::test::make_routing(Routing::kWithInvalid, kCapacity, 8, 8, rng);
+  for (const int tokens : {kCapacity, 135000}) {  // 274 and 264 clusters used
+    INFO("tokens " << tokens);
+    const std::vector<std::int32_t> head(ids.begin(), ids.begin() + std::int64_t{tokens} * 8);
+    const std::string diff = md::test::compare(
+        md::align_reference(head, md::AlignShape{8, 8, 64, false}), h.run(ids, tokens), tokens);
+    CHECK_MESSAGE(diff.empty(), diff);
+  }
 }
 
 TEST_CASE("the tiny variant refuses a capacity past 64 slots") {
