@@ -187,6 +187,26 @@ using BlockScanInt = cub::BlockScan<int, kThreads, cub::BLOCK_SCAN_WARP_SCANS>;
 template <int kThreads>
 using ScanStorage = typename BlockScanInt<kThreads>::TempStorage;
 
+// Block-wide exclusive scan over the experts, each thread taking the experts of its run:
+// out[e] = the sum of size(f) over f < e. `out` may be the array size() reads (each size is read
+// before its entry is written). Returns the sum over all experts in every thread; contains a
+// barrier.
+template <int kThreads, typename Size>
+__device__ __forceinline__ int scan_experts(const ExpertRun<kThreads>& run, Size size, int* out,
+                                            ScanStorage<kThreads>& temp) {
+  int local = 0;
+  for (int e = run.first; e < run.last; ++e) local += size(e);
+  int next = 0;
+  int total = 0;
+  BlockScanInt<kThreads>(temp).ExclusiveSum(local, next, total);
+  for (int e = run.first; e < run.last; ++e) {
+    const int here = size(e);
+    out[e] = next;
+    next += here;
+  }
+  return total;
+}
+
 // Exclusive scan of the segments' sizes in blocks: starts[e] = the first block of expert e's
 // segment, for the experts of this thread's run (whose counts[e] this thread wrote). Scanning
 // blocks rather than padded entries keeps one division per expert. Returns the blocks of all
@@ -196,16 +216,8 @@ __device__ __forceinline__ int scan_segment_starts(const AlignParams& p,
                                                    const ExpertRun<kThreads>& run,
                                                    const int* counts, int* starts,
                                                    ScanStorage<kThreads>& temp) {
-  int local = 0;
-  for (int e = run.first; e < run.last; ++e) local += segment_blocks(p, counts[e]);
-  int next = 0;
-  int total = 0;
-  BlockScanInt<kThreads>(temp).ExclusiveSum(local, next, total);
-  for (int e = run.first; e < run.last; ++e) {
-    starts[e] = next;
-    next += segment_blocks(p, counts[e]);
-  }
-  return total;
+  return scan_experts<kThreads>(
+      run, [&](int e) { return segment_blocks(p, counts[e]); }, starts, temp);
 }
 
 // value into out[begin, end), spread over `threads` threads: 16-byte stores for the aligned quads
@@ -330,6 +342,16 @@ __device__ __forceinline__ void write_segments(const AlignParams& p, const int* 
       p.sorted_token_ids[i] = numel;
     }
   }
+}
+
+// The launch attribute for 1-D thread-block clusters of `blocks` blocks.
+inline cudaLaunchAttribute cluster_dimension(unsigned blocks) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = blocks;
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = 1;
+  return attribute;
 }
 
 // Launches `kernel` (grid x threads, shared_bytes of dynamic shared memory) on `stream` with the

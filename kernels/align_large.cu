@@ -282,16 +282,8 @@ __global__ void __launch_bounds__(kThreads) align_scatter_kernel(const AlignPara
   // runs of consecutive output entries instead of one scattered entry each.
   const ExpertRun<kThreads> run(p.num_experts);
   warp_rows_to_prefix<kWarps>(rows, p.num_experts, run.first, run.last, 1, local_start);
-  int local = 0;
-  for (int e = run.first; e < run.last; ++e) local += local_start[e];
-  int next = 0;
-  int staged_total = 0;
-  BlockScanInt<kThreads>(scan_temp).ExclusiveSum(local, next, staged_total);
-  for (int e = run.first; e < run.last; ++e) {
-    const int in_block = local_start[e];
-    local_start[e] = next;
-    next += in_block;
-  }
+  const int staged_total = scan_experts<kThreads>(
+      run, [&](int e) { return local_start[e]; }, local_start, scan_temp);
   __syncthreads();  // local starts complete, scan storage free
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
@@ -374,9 +366,10 @@ std::size_t scatter_shared_bytes(int num_experts, int items) {
 // (variant_bench, top-8, B 64, H100) E = 1024: 16.1 -> 7.4 us at 1024 tokens, 18.8 -> 12.0 at
 // 16384; E = 4096: 37.7 -> 30.8 at 16384; equal within noise up to E = 512. A launch attribute,
 // not the function attribute: no host call per launch (three cudaFuncSetAttribute calls had cost
-// each eager launch 5-8 us) and no process-wide state. `programmatic`: the kernel is a
+// each eager launch 5-8 us) and no process-wide state. kProgrammatic: the kernel is a
 // programmatic dependent of the previous kernel on `stream` (captured as a programmatic edge) and
-// waits for it with wait_for_previous_kernel(); the count kernel (the first) runs in clusters.
+// waits for it with wait_for_previous_kernel(); kCountClusters: the count kernel (the first), in
+// thread-block clusters.
 enum class LaunchKind { kCountClusters, kProgrammatic };
 cudaError_t launch_kernel(void (*kernel)(AlignParams), int grid, int threads,
                           std::size_t shared_bytes, LaunchKind kind, const AlignParams& params,
@@ -385,10 +378,7 @@ cudaError_t launch_kernel(void (*kernel)(AlignParams), int grid, int threads,
   attributes[0].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
   attributes[0].val.sharedMemCarveout = cudaSharedmemCarveoutMaxShared;
   if (kind == LaunchKind::kCountClusters) {
-    attributes[1].id = cudaLaunchAttributeClusterDimension;
-    attributes[1].val.clusterDim.x = kLargeCluster;
-    attributes[1].val.clusterDim.y = 1;
-    attributes[1].val.clusterDim.z = 1;
+    attributes[1] = cluster_dimension(kLargeCluster);
   } else {
     attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attributes[1].val.programmaticStreamSerializationAllowed = 1;

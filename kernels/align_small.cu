@@ -146,11 +146,7 @@ cudaError_t launch_shape(const AlignParams& params, const AlignPlan& plan, cudaS
     kernel<<<plan.grid, kThreads, plan.shared_bytes, stream>>>(params);
     return cudaGetLastError();
   } else {
-    cudaLaunchAttribute attribute{};
-    attribute.id = cudaLaunchAttributeClusterDimension;
-    attribute.val.clusterDim.x = kClusterBlocks;
-    attribute.val.clusterDim.y = 1;
-    attribute.val.clusterDim.z = 1;
+    cudaLaunchAttribute attribute = cluster_dimension(kClusterBlocks);
     return launch_with_attributes(kernel, plan.grid, kThreads, plan.shared_bytes, &attribute, 1,
                                   params, stream);
   }
