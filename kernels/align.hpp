@@ -35,6 +35,7 @@ struct AlignParams {
   // Derived by launch_align from the fields above and the plan; callers leave them as they are.
   FastDivisor block_div;  // divides by block_size
   int grid = 0;           // blocks of the plan (the large variant's per-block scratch rows)
+  int region_blocks = 0;  // tiny and small variants: output blocks each writer owns (OwnedBlocks)
 };
 
 enum class AlignVariant {

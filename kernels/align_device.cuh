@@ -242,9 +242,9 @@ __device__ __forceinline__ void fill_range(std::int32_t* out, int begin, int end
   for (int q = (vec_begin >> 2) + thread; q < end_quad; q += threads) quads[q] = quad;
 }
 
-// What lies past the used blocks: -1 in expert_ids and the sentinel in sorted_token_ids, up to
-// the extent defined for numel slots. Most of it is known before any id is read: at most
-// min(numel, E) experts take blocks, so the used entries never pass
+// What lies past the used blocks, as the large variant writes it: -1 in expert_ids and the
+// sentinel in sorted_token_ids, up to the extent defined for numel slots. Most of it is known
+// before any id is read: at most min(numel, E) experts take blocks, so the used entries never pass
 // numel + min(numel, E) * (B - 1). The part past that bound is written as soon as the count is
 // known (while the ids are still loading), the rest once the used blocks are known. Both parts are
 // spread over all threads of the grid.
@@ -269,10 +269,6 @@ struct UnusedTail {
     fill(p, used_blocks, bound_blocks, used_blocks * p.block_size, bound_blocks * p.block_size,
          numel);
   }
-  // All of it at once, from the used blocks on (when nothing was written early).
-  __device__ void fill_all(const AlignParams& p, int used_blocks, int numel) const {
-    fill(p, used_blocks, extent_blocks, used_blocks * p.block_size, extent, numel);
-  }
 
  private:
   __device__ static void fill(const AlignParams& p, int first_block, int end_block, int first_entry,
@@ -284,27 +280,60 @@ struct UnusedTail {
   }
 };
 
+// The output blocks one writer of a one-kernel variant owns (a warp of the tiny variant, a block
+// or cluster of the small one): [first, end), AlignParams::region_blocks of them from
+// owner * region_blocks on, clipped to the blocks defined for the step. The owner prefills its
+// blocks (-1 in expert_ids, the sentinel in their sorted_token_ids entries) before it ranks, then
+// overwrites the slots and used blocks that fall in them, so the padding and the unused blocks
+// need no pass of their own after the scan. Only the owner writes its entries, and a barrier of
+// the owner (warp, block or cluster) lies between its two writes, so the second one wins.
+struct OwnedBlocks {
+  int first;
+  int end;
+  int first_entry;
+  int end_entry;
+
+  __device__ OwnedBlocks(const AlignParams& p, int owner, int extent, int extent_blocks) {
+    first = min(owner * p.region_blocks, extent_blocks);
+    end = min(first + p.region_blocks, extent_blocks);
+    first_entry = first * p.block_size;
+    end_entry = min(end * p.block_size, extent);
+  }
+
+  __device__ bool holds_entry(int entry) const { return first_entry <= entry && entry < end_entry; }
+
+  // -1 and the sentinel over the owned blocks, spread over `threads` threads of the owner.
+  __device__ void prefill(const AlignParams& p, int numel, int thread, int threads) const {
+    fill_range(p.expert_ids, first, end, -1, thread, threads);
+    fill_range(p.sorted_token_ids, first_entry, end_entry, numel, thread, threads);
+  }
+
+  // expert_ids of the owned blocks among [start, start + blocks), a segment of `owner_id`.
+  __device__ void write_segment_blocks(const AlignParams& p, int start, int blocks,
+                                       int owner_id) const {
+    const int stop = min(start + blocks, end);
+#pragma unroll 1
+    for (int b = max(start, first); b < stop; ++b) p.expert_ids[b] = owner_id;
+  }
+};
+
 // The opening of the one-kernel variants (tiny and small): the ids of the warp's slots from
 // `first` (loaded up to the capacity, so they are in flight before the count arrives), the count,
-// and the tail past the bound, written at once when the count is a kernel parameter (known before
-// the ids arrive); a count in device memory arrives with the ids, and the caller writes the tail
-// (fill_early) once it has ranked them.
+// and the extent of the outputs defined for it.
 template <int kItems>
 struct OneKernelStart {
   int ids[kItems];
   bool clamped = false;
   int num_tokens;
   int numel;
-  bool count_is_parameter;
-  UnusedTail tail;
+  int extent;         // entries of sorted_token_ids defined for numel slots
+  int extent_blocks;  // entries of expert_ids defined for numel slots
 
   __device__ OneKernelStart(const AlignParams& p, std::int64_t first)
       : num_tokens(load(p, first)),
         numel(num_tokens * p.top_k),
-        count_is_parameter(p.num_tokens == nullptr),
-        tail(p, numel) {
-    if (count_is_parameter) tail.fill_early(p, numel);
-  }
+        extent(sorted_extent(p, numel)),
+        extent_blocks(segment_blocks(p, extent)) {}
 
  private:
   __device__ int load(const AlignParams& p, std::int64_t first) {

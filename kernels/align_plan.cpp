@@ -40,6 +40,15 @@ std::size_t align_scratch_ints(const AlignPlan& plan, int num_experts) {
   return plan.variant == AlignVariant::kLarge ? large_scratch_ints(plan, num_experts) : 0;
 }
 
+int region_blocks(const AlignParams& params, int owners) {
+  const std::int64_t capacity = std::int64_t{params.max_tokens} * params.top_k;
+  const std::int64_t entries =
+      capacity + std::int64_t{params.num_experts} * (params.block_size - 1);
+  const std::int64_t blocks = (entries + params.block_size - 1) / params.block_size;
+  const std::int64_t region = (blocks + owners - 1) / owners;
+  return static_cast<int>(region < 1 ? 1 : region);
+}
+
 cudaError_t launch_align(const AlignParams& params, const AlignPlan& plan, cudaStream_t stream) {
   if (params.block_size < 1) return cudaErrorInvalidValue;
   AlignParams p = params;

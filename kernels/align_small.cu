@@ -50,12 +50,17 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
   const OneKernelStart<kItems> start(p, first);
   const int numel = start.numel;
 
+  // This cluster's output blocks take -1 and the sentinel while the ids arrive; the slots and the
+  // used blocks among them are written over after the scan (the barriers below order the two).
+  const OwnedBlocks own(p, cluster_index, start.extent, start.extent_blocks);
+  own.prefill(p, numel, member * kThreads + static_cast<int>(threadIdx.x),
+              kClusterBlocks * kThreads);
+
   // Count: each warp ranks its own consecutive slots against its private row of counters.
   std::uint16_t* row = rows + warp * row_stride(p.num_experts);
   zero_warp_row(row, p.num_experts);
   WarpSlots<kItems> slots;
   const int invalid = rank_warp_slots<kItems>(p, first, numel, start.ids, row, slots);
-  if (!start.count_is_parameter) start.tail.fill_early(p, numel);
   if (lane == 0) warp_invalid[warp] = invalid;
   __syncthreads();  // every row complete
 
@@ -100,10 +105,9 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
     for (int w = 0; w < kWarps; ++w) total_invalid += warp_invalid[w];
   }
   const int used_blocks = scan_segment_starts<kThreads>(p, run, counts, starts, scan_temp);
-  start.tail.fill_late(p, used_blocks, numel);
   __syncthreads();  // starts, counts (and base) complete
 
-  // The last thread of block 0: its slots are scattered by a later block unless the grid is one
+  // The last thread of block 0: its slots are written by a later block unless the grid is one
   // block (or cluster).
   if (blockIdx.x == 0 && threadIdx.x == kThreads - 1) {
     *p.num_tokens_post_pad = used_blocks * p.block_size;
@@ -111,25 +115,34 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
     write_count_counters(p, start.num_tokens, start.clamped);
   }
 
-  // Scatter this block's share: 32-slot group g (of the power-of-two kGroups this block ranked)
-  // belongs to cluster g * clusters / kGroups (a multiply and a shift). Slot positions, segment
-  // blocks and padding are disjoint.
-  constexpr int kGroups = kWarps * kItems;
-  static_assert((kGroups & (kGroups - 1)) == 0);
-  constexpr int kGroupShift = __builtin_ctz(kGroups);
-  const int clusters = static_cast<int>(gridDim.x) / kClusterBlocks;
+  // Write over this cluster's blocks: the slots this block ranked whose positions fall in them,
+  // and the expert_ids of the segments of this thread's experts that cover them (in a cluster,
+  // each block takes every kClusterBlocks-th expert).
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const int e = slots.expert[j];
-    const int owner = ((warp * kItems + j) * clusters) >> kGroupShift;
-    if (owner == cluster_index && e >= 0) {
+    if (e >= 0) {
       const int earlier = kClustered ? base[e] : 0;
       const int pos = starts[e] * p.block_size + earlier +
                       rows[warp * row_stride(p.num_experts) + e] + slots.rank[j];
-      p.sorted_token_ids[pos] = static_cast<int>(first) + j * kWarp + lane;
+      if (own.holds_entry(pos))
+        p.sorted_token_ids[pos] = static_cast<int>(first) + j * kWarp + lane;
     }
   }
-  write_segments(p, starts, counts, numel);
+  // The segments of this thread's experts are the blocks from starts[run.first] to the next
+  // run's start: most runs miss this cluster's blocks when the grid is large (E = 1024).
+  if (run.first < run.last) {
+    const int run_end = run.last < p.num_experts ? starts[run.last] : used_blocks;
+    if (starts[run.first] < own.end && run_end > own.first) {
+#pragma unroll 1
+      for (int e = run.first; e < run.last; ++e) {
+        if (kClustered && e % kClusterBlocks != member) continue;
+        const int count = counts[e];
+        if (count != 0)
+          own.write_segment_blocks(p, starts[e], segment_blocks(p, count), block_owner(p, e));
+      }
+    }
+  }
   if constexpr (kClustered) cooperative_groups::this_cluster().barrier_wait();
 }
 
@@ -198,8 +211,9 @@ AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size) {
 
 cudaError_t launch_align_small(const AlignParams& params, const AlignPlan& plan,
                                cudaStream_t stream) {
-  return launch_any_shape(params, plan, stream,
-                          std::make_index_sequence<std::size(kSmallShapes)>{});
+  AlignParams p = params;
+  p.region_blocks = region_blocks(p, plan.grid / plan.cluster);
+  return launch_any_shape(p, plan, stream, std::make_index_sequence<std::size(kSmallShapes)>{});
 }
 
 }  // namespace moe_dispatch::kernels

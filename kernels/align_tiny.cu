@@ -2,10 +2,10 @@
 // barrier. Every warp of the grid holds all the slots in registers (kItems per lane) and computes
 // each slot's position from ballots alone: one ballot per key bit and item gives, for every slot,
 // the lanes holding the same expert (its rank and its expert's count) and the lanes holding a
-// smaller expert (its segment's first block, summed bit by bit over the segments' sizes). The warps
-// then write disjoint shares of the outputs. Only the key ballots (ceil(log2 E) per item) and the
-// sentinel tail (spread over the grid) grow with E. docs/KERNELS.md compares it with the small
-// variant.
+// smaller expert (its segment's first block, summed bit by bit over the segments' sizes). Each warp
+// owns a share of the output blocks: it fills them with -1 and the sentinel while the ids load,
+// then writes the slots and segment blocks that fall in them. Only the key ballots (ceil(log2 E)
+// per item) and the fill grow with E. docs/KERNELS.md compares it with the small variant.
 #include "kernels/align.hpp"
 #include "kernels/align_device.cuh"
 #include "kernels/align_variants.hpp"
@@ -105,69 +105,31 @@ __device__ __forceinline__ int rank_in_registers(const AlignParams& p,
   return used_blocks;
 }
 
-// expert_ids[b] and the padding of output block b (warp-uniform): the one slot whose segment holds
-// b gives the segment's expert, first block and count.
-template <int kItems>
-__device__ __forceinline__ void write_output_block(const AlignParams& p, const TinySlots<kItems>& s,
-                                                   int b, int numel) {
-  int start = 0;
-  int count = 0;
-  int key = 0;
-#pragma unroll
-  for (int i = 0; i < kItems; ++i) {
-    const unsigned holder = __ballot_sync(
-        kFullMask, s.blocks[i] != 0 && s.start[i] <= b && b < s.start[i] + s.blocks[i]);
-    if (holder != 0) {
-      const int src = __ffs(holder) - 1;
-      start = __shfl_sync(kFullMask, s.start[i], src);
-      count = __shfl_sync(kFullMask, s.count[i], src);
-      key = __shfl_sync(kFullMask, s.key[i], src);
-    }
-  }
-  const int lane = threadIdx.x % kWarp;
-  if (lane == 0) p.expert_ids[b] = block_owner(p, key);
-  // Offsets in the block from the segment's end on are padding (only its last block has any).
-  const int first_padding = count - (b - start) * p.block_size;
-#pragma unroll 1
-  for (int o = first_padding + lane; o < p.block_size; o += kWarp) {
-    p.sorted_token_ids[b * p.block_size + o] = numel;
-  }
-}
-
-// An output block past the used ones and below the tail's bound: -1 in expert_ids and the sentinel
-// in all B entries (warp-uniform), 16-byte stores when the block's entries allow them.
-__device__ __forceinline__ void write_unused_block(const AlignParams& p, int b, int numel) {
-  const int lane = threadIdx.x % kWarp;
-  if (lane == 0) p.expert_ids[b] = -1;
-  std::int32_t* out = p.sorted_token_ids + static_cast<std::int64_t>(b) * p.block_size;
-  if ((p.block_size & 3) == 0 && (reinterpret_cast<std::uintptr_t>(out) & 15u) == 0) {
-    const int4 quad = make_int4(numel, numel, numel, numel);
-#pragma unroll 1
-    for (int q = lane; q < p.block_size >> 2; q += kWarp) reinterpret_cast<int4*>(out)[q] = quad;
-  } else {
-#pragma unroll 1
-    for (int o = lane; o < p.block_size; o += kWarp) out[o] = numel;
-  }
-}
-
 template <int kItems>
 __global__ void __launch_bounds__(kTinyThreads) align_tiny_kernel(const AlignParams p) {
-  static_assert(kItems <= kTinyWarps, "one warp scatters each item");
   const int lane = threadIdx.x % kWarp;
   const OneKernelStart<kItems> start(p, 0);
   const int numel = start.numel;
+
+  // This warp's output blocks take -1 and the sentinel while the ids arrive; the slots and the
+  // used blocks among them are written over once ranked.
+  const int warp = static_cast<int>((blockIdx.x * kTinyThreads + threadIdx.x) / kWarp);
+  const OwnedBlocks own(p, warp, start.extent, start.extent_blocks);
+  own.prefill(p, numel, lane, kWarp);
 
   // Keys from the ids alone (slots past the count are masked out once it is known).
   // A valid id is skipped only when the map drops its expert: one ballot more then.
   const bool map_drops = p.expert_map != nullptr && !p.map_after;
   TinySlots<kItems> s;
   unsigned counted[kItems];
+  int owner[kItems];  // what expert_ids holds for the slot's segment (loaded before the ranking)
   int invalid = 0;
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const int id = start.ids[j];
     const bool bad = id < 0 || id >= p.num_experts;
     s.key[j] = bad ? -1 : counted_expert(p, id);
+    owner[j] = s.key[j] >= 0 ? block_owner(p, s.key[j]) : -1;
     const int below = numel - j * kWarp;  // lanes of item j below the count
     const unsigned valid = below >= kWarp ? kFullMask : (below <= 0 ? 0u : (1u << below) - 1u);
     const unsigned bad_lanes = __ballot_sync(kFullMask, bad);
@@ -176,36 +138,19 @@ __global__ void __launch_bounds__(kTinyThreads) align_tiny_kernel(const AlignPar
   }
   const int used_blocks = rank_in_registers<kItems>(p, counted, s);
 
-  const int warp = static_cast<int>((blockIdx.x * kTinyThreads + threadIdx.x) / kWarp);
-  const int warps = static_cast<int>(gridDim.x) * kTinyWarps;
   if (warp == 0 && lane == 0) {
     *p.num_tokens_post_pad = used_blocks * p.block_size;
     p.counters[kCounterInvalid] = invalid;
     write_count_counters(p, start.num_tokens, start.clamped);
   }
-  // Warp j scatters item j; slots, segment padding and tail are disjoint entries.
+  __syncwarp();  // the prefill is ordered before the writes over it
+  // Every warp holds every slot: it writes those whose position is in its blocks, and the
+  // expert_ids of the segments (each known to its expert's first slot) that cover them.
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
-    if (warp == j && s.key[j] >= 0) {
-      p.sorted_token_ids[s.start[j] * p.block_size + s.rank[j]] = j * kWarp + lane;
-    }
-  }
-  if (start.count_is_parameter) {
-    // Past the bound the tail is written already: a warp per output block up to it, used or not.
-#pragma unroll 1
-    for (int b = warp; b < start.tail.bound_blocks; b += warps) {
-      if (b < used_blocks) {
-        write_output_block<kItems>(p, s, b, numel);
-      } else {
-        write_unused_block(p, b, numel);
-      }
-    }
-  } else {
-    // A count loaded from device memory arrives with the ids: nothing to overlap, so the tail is
-    // written in one pass (two fills fewer on every warp's path).
-#pragma unroll 1
-    for (int b = warp; b < used_blocks; b += warps) write_output_block<kItems>(p, s, b, numel);
-    start.tail.fill_all(p, used_blocks, numel);
+    const int pos = s.start[j] * p.block_size + s.rank[j];
+    if (s.key[j] >= 0 && own.holds_entry(pos)) p.sorted_token_ids[pos] = j * kWarp + lane;
+    if (s.blocks[j] != 0) own.write_segment_blocks(p, s.start[j], s.blocks[j], owner[j]);
   }
 }
 
@@ -226,7 +171,8 @@ AlignPlan tiny_plan(std::int64_t max_numel, int num_experts, int block_size) {
   plan.threads = kTinyThreads;
   plan.items = max_numel <= kWarp ? 1 : 2;
   static_assert(kTinyMaxNumel == 2 * kWarp);
-  plan.grid = write_blocks(max_numel + std::int64_t{num_experts} * block_size, kMaxTinyGrid);
+  plan.grid = write_blocks(max_numel + std::int64_t{num_experts} * block_size, kMaxTinyGrid,
+                           kTinyOutputEntriesPerBlock);
   plan.shared_bytes = 0;
   plan.kernels = 1;
   return plan;
@@ -239,8 +185,10 @@ cudaError_t launch_align_tiny(const AlignParams& params, const AlignPlan& plan,
                                           std::int64_t{kWarp} * plan.items) {
     return cudaErrorInvalidConfiguration;
   }
-  if (plan.items == 1) return launch_items<1>(params, plan, stream);
-  if (plan.items == 2) return launch_items<2>(params, plan, stream);
+  AlignParams p = params;
+  p.region_blocks = region_blocks(p, plan.grid * kTinyWarps);
+  if (plan.items == 1) return launch_items<1>(p, plan, stream);
+  if (plan.items == 2) return launch_items<2>(p, plan, stream);
   return cudaErrorInvalidConfiguration;
 }
 

@@ -34,7 +34,7 @@ struct SmallShapeRule {
   SmallShape shape;
 };
 inline constexpr SmallShapeRule kSmallShapeRules[] = {
-    {128, kSmallMaxExperts, {128, 1, 1}},
+    {128, 512, {128, 1, 1}},
     {512, kSmallMaxExperts, {256, 2, 1}},
     {1024, 512, {256, 1, 4}},
     {2048, 512, {256, 2, 4}},
@@ -80,15 +80,23 @@ inline constexpr std::int64_t kTinyMaxNumel = 64;
 
 // Output entries (slots, padding and tail) per block of a kernel that writes them, so the stores
 // spread over SMs. Measured against 2048 on the small variant: up to 10% faster (E 64, B 128,
-// 64 tokens), equal elsewhere.
+// 64 tokens), equal elsewhere. The tiny variant takes twice as many blocks (`variant_bench` with
+// 256, 512 and 1024 on the H200: 512 was 0.03-0.06 us faster than 1024 for E 128 and 256, level
+// elsewhere; 256 no faster than 512).
 inline constexpr std::int64_t kOutputEntriesPerBlock = 1024;
+inline constexpr std::int64_t kTinyOutputEntriesPerBlock = 512;
 
-// Blocks that share the writing of `entries` output entries: one per kOutputEntriesPerBlock, at
-// least 1, at most max_blocks.
-constexpr int write_blocks(std::int64_t entries, int max_blocks) {
-  const std::int64_t blocks = (entries + kOutputEntriesPerBlock - 1) / kOutputEntriesPerBlock;
+// Blocks that share the writing of `entries` output entries: one per `per_block`, at least 1, at
+// most max_blocks.
+constexpr int write_blocks(std::int64_t entries, int max_blocks,
+                           std::int64_t per_block = kOutputEntriesPerBlock) {
+  const std::int64_t blocks = (entries + per_block - 1) / per_block;
   return static_cast<int>(blocks < 1 ? 1 : (blocks > max_blocks ? max_blocks : blocks));
 }
+
+// AlignParams::region_blocks for a one-kernel launch whose output blocks (those defined at its
+// capacity) are shared by `owners` writers: ceil(blocks / owners), at least 1.
+int region_blocks(const AlignParams& params, int owners);
 
 // Variant launchers, called by launch_align only: they expect AlignParams::block_div and
 // AlignParams::grid derived from the plan, which launch_align fills in.
