@@ -40,7 +40,8 @@ struct AlignParams {
 
 enum class AlignVariant {
   kTiny,   // one kernel for up to kTinyMaxNumel slots: every warp ranks all slots in registers
-           // (ballots only, no shared memory, no barrier), then writes its share of the outputs
+           // (ballots only, no shared memory, no block barrier), then writes its share of the
+           // outputs
   kSmall,  // one kernel: every block counts, ranks and scans all slots (barriers between the
            // stages), then writes its share of the outputs
   kLarge,  // count kernel (per-block histograms combined in thread-block clusters), a prefix

@@ -24,7 +24,9 @@ namespace {
 // Shared memory: counts[E], starts[E] (int32), with clusters also block_counts[E] and base[E],
 // then one row of 16-bit counters per warp.
 // Barriers: rows complete -> (clusters: block totals complete in the cluster) -> (segment scan's
-// own) -> segment starts complete.
+// own) -> segment starts complete. The first barrier (the cluster barrier in a cluster, with its
+// default release and acquire) also orders the fill of the owned blocks before any write over
+// them: keep the fill above it.
 template <int kThreads, int kItems, int kClusterBlocks>
 __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams p) {
   constexpr int kWarps = kThreads / kWarp;
@@ -74,7 +76,9 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
     // thread sums its experts over the cluster's blocks (and over the earlier ones for base).
     namespace cg = cooperative_groups;
     const cg::cluster_group cluster = cg::this_cluster();
-    cluster.sync();  // every block's totals complete
+    // Every block's totals complete, and every block's fill of the cluster's output blocks
+    // visible (release and acquire: not a relaxed arrive).
+    cluster.sync();
     for (int e = run.first; e < run.last; ++e) {
       int values[kClusterBlocks];
 #pragma unroll
@@ -107,8 +111,7 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
   const int used_blocks = scan_segment_starts<kThreads>(p, run, counts, starts, scan_temp);
   __syncthreads();  // starts, counts (and base) complete
 
-  // The last thread of block 0: its slots are written by a later block unless the grid is one
-  // block (or cluster).
+  // The counters: one thread of the grid, the last of block 0.
   if (blockIdx.x == 0 && threadIdx.x == kThreads - 1) {
     *p.num_tokens_post_pad = used_blocks * p.block_size;
     p.counters[kCounterInvalid] = total_invalid;
@@ -211,6 +214,11 @@ AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size) {
 
 cudaError_t launch_align_small(const AlignParams& params, const AlignPlan& plan,
                                cudaStream_t stream) {
+  // Slots past the shape's capacity would be silently ignored: refuse the launch instead.
+  if (std::int64_t{plan.threads} * plan.items * plan.cluster <
+      std::int64_t{params.max_tokens} * params.top_k) {
+    return cudaErrorInvalidConfiguration;
+  }
   AlignParams p = params;
   p.region_blocks = region_blocks(p, plan.grid / plan.cluster);
   return launch_any_shape(p, plan, stream, std::make_index_sequence<std::size(kSmallShapes)>{});

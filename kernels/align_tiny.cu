@@ -1,11 +1,11 @@
 // Tiny variant: decode steps of up to 32 * kItems slots in one kernel with no shared memory and no
-// barrier. Every warp of the grid holds all the slots in registers (kItems per lane) and computes
-// each slot's position from ballots alone: one ballot per key bit and item gives, for every slot,
-// the lanes holding the same expert (its rank and its expert's count) and the lanes holding a
-// smaller expert (its segment's first block, summed bit by bit over the segments' sizes). Each warp
-// owns a share of the output blocks: it fills them with -1 and the sentinel while the ids load,
-// then writes the slots and segment blocks that fall in them. Only the key ballots (ceil(log2 E)
-// per item) and the fill grow with E. docs/KERNELS.md compares it with the small variant.
+// block barrier. Every warp of the grid holds all the slots in registers (kItems per lane) and
+// computes each slot's position from ballots alone: one ballot per key bit and item gives, for
+// every slot, the lanes holding the same expert (its rank and its expert's count) and the lanes
+// holding a smaller expert (its segment's first block, summed bit by bit over the segments' sizes).
+// Each warp owns a share of the output blocks: it fills them with -1 and the sentinel while the ids
+// load, then writes the slots and segment blocks that fall in them. Only the key ballots (ceil(log2
+// E) per item) and the fill grow with E. docs/KERNELS.md compares it with the small variant.
 #include "kernels/align.hpp"
 #include "kernels/align_device.cuh"
 #include "kernels/align_variants.hpp"

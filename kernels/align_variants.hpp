@@ -45,6 +45,14 @@ inline constexpr SmallShapeRule kSmallShapeRules[] = {
     {4096, kSmallMaxExperts, {1024, 4, 1}},
     {8192, kSmallMaxExperts, {1024, 8, 1}},
     {kSmallMaxNumel, kSmallMaxExperts, {1024, 16, 1}}};
+// Every rule's shape holds the steps it takes (the launcher refuses a shape that does not).
+constexpr bool small_rules_hold_their_steps() {
+  for (const SmallShapeRule& rule : kSmallShapeRules) {
+    if (rule.shape.capacity() < rule.max_numel) return false;
+  }
+  return true;
+}
+static_assert(small_rules_hold_their_steps());
 
 // Shapes of the large variant, for steps of up to max_numel slots over up to max_experts experts
 // (the first rule that holds; past them all, 8 slots per thread and 3 kernels): slots per thread

@@ -354,6 +354,12 @@ TEST_CASE("the tiny variant refuses a capacity past 64 slots") {
   CHECK(mk::launch_align(h.params(), h.plan(), nullptr) == cudaErrorInvalidConfiguration);
 }
 
+TEST_CASE("the small variant refuses a shape whose capacity misses the launch's") {
+  Harness h(64, 64, 8, 16, false, mk::AlignVariant::kSmall);  // 512 slots
+  const mk::AlignPlan too_small = mk::small_plan(512, 64, 16, mk::SmallShape{128, 1, 1});
+  CHECK(mk::launch_align(h.params(), too_small, nullptr) == cudaErrorInvalidConfiguration);
+}
+
 TEST_CASE("skewed routings give exact results in every variant") {
   std::mt19937 rng(7);
   const Routing skews[] = {Routing::kOneExpert, Routing::kOneNonEmpty, Routing::kZipf};
