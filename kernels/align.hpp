@@ -39,9 +39,9 @@ struct AlignParams {
 };
 
 enum class AlignVariant {
-  kTiny,   // one kernel for up to kTinyMaxNumel slots: every warp ranks all slots in registers
-           // (ballots only, no shared memory, no block barrier), then writes its share of the
-           // outputs
+  kTiny,   // one kernel for up to kTinyMaxNumel slots: warp 0 of every block ranks all slots in
+           // registers (ballots only, no shared memory) while the other warps fill the block's
+           // share of the outputs, then writes the slots in that share
   kSmall,  // one kernel: every block counts, ranks and scans all slots (barriers between the
            // stages), then writes its share of the outputs
   kLarge,  // count kernel (per-block histograms combined in thread-block clusters), a prefix

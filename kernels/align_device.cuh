@@ -280,13 +280,13 @@ struct UnusedTail {
   }
 };
 
-// The output blocks one writer of a one-kernel variant owns (a warp of the tiny variant, a block
+// The output blocks one writer of a one-kernel variant owns (a block of the tiny variant, a block
 // or cluster of the small one): [first, end), AlignParams::region_blocks of them from
 // owner * region_blocks on, clipped to the blocks defined for the step. The owner prefills its
-// blocks (-1 in expert_ids, the sentinel in their sorted_token_ids entries) before it ranks, then
+// blocks (-1 in expert_ids, the sentinel in their sorted_token_ids entries) while it ranks, then
 // overwrites the slots and used blocks that fall in them, so the padding and the unused blocks
 // need no pass of their own after the scan. Only the owner writes its entries, and a barrier of
-// the owner (warp, block or cluster) lies between its two writes, so the second one wins.
+// the owner (block or cluster) lies between its two writes, so the second one wins.
 struct OwnedBlocks {
   int first;
   int end;

@@ -1,11 +1,12 @@
-// Tiny variant: decode steps of up to 32 * kItems slots in one kernel with no shared memory and no
-// block barrier. Every warp of the grid holds all the slots in registers (kItems per lane) and
-// computes each slot's position from ballots alone: one ballot per key bit and item gives, for
-// every slot, the lanes holding the same expert (its rank and its expert's count) and the lanes
-// holding a smaller expert (its segment's first block, summed bit by bit over the segments' sizes).
-// Each warp owns a share of the output blocks: it fills them with -1 and the sentinel while the ids
-// load, then writes the slots and segment blocks that fall in them. Only the key ballots (ceil(log2
-// E) per item) and the fill grow with E. docs/KERNELS.md compares it with the small variant.
+// Tiny variant: decode steps of up to 32 * kItems slots in one kernel with no shared memory. Warp 0
+// of every block holds all the slots in registers (kItems per lane) and computes each slot's
+// position from ballots alone: one ballot per key bit and item gives, for every slot, the lanes
+// holding the same expert (its rank and its expert's count) and the lanes holding a smaller expert
+// (its segment's first block, summed bit by bit over the segments' sizes). Each block owns a share
+// of the output blocks: its other three warps fill them with -1 and the sentinel while warp 0
+// ranks, and after one block barrier warp 0 writes the slots and segment blocks that fall in them.
+// Only the key ballots (ceil(log2 E) per item) and the fill grow with E. docs/KERNELS.md compares
+// it with the small variant.
 #include "kernels/align.hpp"
 #include "kernels/align_device.cuh"
 #include "kernels/align_variants.hpp"
@@ -13,8 +14,8 @@
 namespace moe_dispatch::kernels {
 namespace {
 
+// Warp 0 of each block ranks; the other three fill the block's output blocks meanwhile.
 constexpr int kTinyThreads = 128;
-constexpr int kTinyWarps = kTinyThreads / kWarp;
 
 // Item j of lane l is slot 32 * j + l; key is the expert it is counted under (-1: skipped).
 template <int kItems>
@@ -108,44 +109,45 @@ __device__ __forceinline__ int rank_in_registers(const AlignParams& p,
 template <int kItems>
 __global__ void __launch_bounds__(kTinyThreads) align_tiny_kernel(const AlignParams p) {
   const int lane = threadIdx.x % kWarp;
+  const bool ranker = threadIdx.x < kWarp;
   const OneKernelStart<kItems> start(p, 0);
   const int numel = start.numel;
+  const OwnedBlocks own(p, static_cast<int>(blockIdx.x), start.extent, start.extent_blocks);
 
-  // This warp's output blocks take -1 and the sentinel while the ids arrive; the slots and the
-  // used blocks among them are written over once ranked.
-  const int warp = static_cast<int>((blockIdx.x * kTinyThreads + threadIdx.x) / kWarp);
-  const OwnedBlocks own(p, warp, start.extent, start.extent_blocks);
-  own.prefill(p, numel, lane, kWarp);
-
-  // Keys from the ids alone (slots past the count are masked out once it is known).
-  // A valid id is skipped only when the map drops its expert: one ballot more then.
-  const bool map_drops = p.expert_map != nullptr && !p.map_after;
   TinySlots<kItems> s;
-  unsigned counted[kItems];
   int owner[kItems];  // what expert_ids holds for the slot's segment (loaded before the ranking)
-  int invalid = 0;
+  if (!ranker) {
+    // The block's other warps fill its output blocks with -1 and the sentinel while warp 0 ranks.
+    own.prefill(p, numel, static_cast<int>(threadIdx.x) - kWarp, kTinyThreads - kWarp);
+  } else {
+    // Keys from the ids alone (slots past the count are masked out once it is known).
+    // A valid id is skipped only when the map drops its expert: one ballot more then.
+    const bool map_drops = p.expert_map != nullptr && !p.map_after;
+    unsigned counted[kItems];
+    int invalid = 0;
 #pragma unroll
-  for (int j = 0; j < kItems; ++j) {
-    const int id = start.ids[j];
-    const bool bad = id < 0 || id >= p.num_experts;
-    s.key[j] = bad ? -1 : counted_expert(p, id);
-    owner[j] = s.key[j] >= 0 ? block_owner(p, s.key[j]) : -1;
-    const int below = numel - j * kWarp;  // lanes of item j below the count
-    const unsigned valid = below >= kWarp ? kFullMask : (below <= 0 ? 0u : (1u << below) - 1u);
-    const unsigned bad_lanes = __ballot_sync(kFullMask, bad);
-    invalid += __popc(bad_lanes & valid);
-    counted[j] = (map_drops ? __ballot_sync(kFullMask, s.key[j] >= 0) : ~bad_lanes) & valid;
+    for (int j = 0; j < kItems; ++j) {
+      const int id = start.ids[j];
+      const bool bad = id < 0 || id >= p.num_experts;
+      s.key[j] = bad ? -1 : counted_expert(p, id);
+      owner[j] = s.key[j] >= 0 ? block_owner(p, s.key[j]) : -1;
+      const int below = numel - j * kWarp;  // lanes of item j below the count
+      const unsigned valid = below >= kWarp ? kFullMask : (below <= 0 ? 0u : (1u << below) - 1u);
+      const unsigned bad_lanes = __ballot_sync(kFullMask, bad);
+      invalid += __popc(bad_lanes & valid);
+      counted[j] = (map_drops ? __ballot_sync(kFullMask, s.key[j] >= 0) : ~bad_lanes) & valid;
+    }
+    const int used_blocks = rank_in_registers<kItems>(p, counted, s);
+    if (blockIdx.x == 0 && lane == 0) {
+      *p.num_tokens_post_pad = used_blocks * p.block_size;
+      p.counters[kCounterInvalid] = invalid;
+      write_count_counters(p, start.num_tokens, start.clamped);
+    }
   }
-  const int used_blocks = rank_in_registers<kItems>(p, counted, s);
-
-  if (warp == 0 && lane == 0) {
-    *p.num_tokens_post_pad = used_blocks * p.block_size;
-    p.counters[kCounterInvalid] = invalid;
-    write_count_counters(p, start.num_tokens, start.clamped);
-  }
-  __syncwarp();  // the prefill is ordered before the writes over it
-  // Every warp holds every slot: it writes those whose position is in its blocks, and the
-  // expert_ids of the segments (each known to its expert's first slot) that cover them.
+  __syncthreads();  // the fill is ordered before warp 0's writes over it
+  if (!ranker) return;
+    // Warp 0 holds every slot: it writes those whose position is in the block's output blocks, and
+    // the expert_ids of the segments (each known to its expert's first slot) that cover them.
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const int pos = s.start[j] * p.block_size + s.rank[j];
@@ -186,7 +188,7 @@ cudaError_t launch_align_tiny(const AlignParams& params, const AlignPlan& plan,
     return cudaErrorInvalidConfiguration;
   }
   AlignParams p = params;
-  p.region_blocks = region_blocks(p, plan.grid * kTinyWarps);
+  p.region_blocks = region_blocks(p, plan.grid);
   if (plan.items == 1) return launch_items<1>(p, plan, stream);
   if (plan.items == 2) return launch_items<2>(p, plan, stream);
   return cudaErrorInvalidConfiguration;
