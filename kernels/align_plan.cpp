@@ -1,5 +1,6 @@
 #include "kernels/align.hpp"
 #include "kernels/align_variants.hpp"
+#include "moe_dispatch/align.hpp"
 
 namespace moe_dispatch::kernels {
 
@@ -27,8 +28,8 @@ constexpr std::int64_t kSmallMaxDecodeNumel = 4096;
 
 AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size) {
   // The tiny variant (ranks in registers, one block barrier) takes every step it can: ahead of the
-  // small one up to kTinyMaxNumel slots for every E measured (8 to 1024), 1.7-2.3 against 2.4-4.0
-  // us.
+  // small one up to kTinyMaxNumel slots for every E measured (8 to 1024), 1.4-2.0 against 2.0-4.1
+  // us (H200, docs/BENCHMARKS.md).
   if (max_numel <= kTinyMaxNumel) {
     return plan_align(max_numel, num_experts, block_size, AlignVariant::kTiny);
   }
@@ -42,10 +43,10 @@ std::size_t align_scratch_ints(const AlignPlan& plan, int num_experts) {
 }
 
 int region_blocks(const AlignParams& params, int owners) {
-  const std::int64_t capacity = std::int64_t{params.max_tokens} * params.top_k;
-  const std::int64_t entries =
-      capacity + std::int64_t{params.num_experts} * (params.block_size - 1);
-  const std::int64_t blocks = (entries + params.block_size - 1) / params.block_size;
+  const AlignShape shape{params.num_experts, params.top_k, params.block_size,
+                         params.pad_sorted_ids};
+  const std::int64_t blocks =
+      expert_ids_capacity(shape, std::int64_t{params.max_tokens} * params.top_k);
   const std::int64_t region = (blocks + owners - 1) / owners;
   return static_cast<int>(region < 1 ? 1 : region);
 }
