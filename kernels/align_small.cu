@@ -42,6 +42,7 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
       reinterpret_cast<std::uint16_t*>(kClustered ? base + p.num_experts : starts + p.num_experts);
   __shared__ ScanStorage<kThreads> scan_temp;
   __shared__ int warp_invalid[kWarps];
+  __shared__ int block_invalid;  // read by block 0 of the cluster
 
   // The blocks of a cluster split the slots: block `member` ranks the member-th share.
   const int member = static_cast<int>(blockIdx.x) % kClusterBlocks;
@@ -70,7 +71,14 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
   // and their totals into counts, then the block scans the segments' sizes in blocks.
   const ExpertRun<kThreads> run(p.num_experts);
   warp_rows_to_prefix<kWarps>(rows, p.num_experts, run.first, run.last, 1, block_counts);
+  // The last thread of each block sums the block's invalid ids (in a cluster, block 0 then reads
+  // every block's sum in one round of remote loads; outside one, block 0's sum is the total).
   int total_invalid = 0;
+  if (threadIdx.x == kThreads - 1 && (kClustered || blockIdx.x == 0)) {
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) total_invalid += warp_invalid[w];
+    if constexpr (kClustered) block_invalid = total_invalid;
+  }
   if constexpr (kClustered) {
     // The blocks of the cluster exchange their totals through distributed shared memory: each
     // thread sums its experts over the cluster's blocks (and over the earlier ones for base).
@@ -95,18 +103,16 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
       base[e] = earlier;
     }
     if (blockIdx.x == 0 && threadIdx.x == kThreads - 1) {
-#pragma unroll 1
-      for (int r = 0; r < kClusterBlocks; ++r) {
-        const int* remote = cluster.map_shared_rank(warp_invalid, r);
+      int values[kClusterBlocks];
 #pragma unroll
-        for (int w = 0; w < kWarps; ++w) total_invalid += remote[w];
-      }
+      for (int r = 0; r < kClusterBlocks; ++r)
+        values[r] = *cluster.map_shared_rank(&block_invalid, r);
+      total_invalid = 0;
+#pragma unroll
+      for (int r = 0; r < kClusterBlocks; ++r) total_invalid += values[r];
     }
     // No block may exit while another still reads its shared memory: arrive now, wait at the end.
     cluster.barrier_arrive();
-  } else if (blockIdx.x == 0 && threadIdx.x == kThreads - 1) {
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) total_invalid += warp_invalid[w];
   }
   const int used_blocks = scan_segment_starts<kThreads>(p, run, counts, starts, scan_temp);
   __syncthreads();  // starts, counts (and base) complete
