@@ -144,13 +144,14 @@ __device__ __forceinline__ void zero_warp_row(std::uint16_t* row, int num_expert
 }
 
 // rows[w][e] -> exclusive prefix over the kWarps warps w, for experts e = begin, begin + step,
-// ... < end; writes totals[e] when non-null. A thread per expert walks the warps (measured faster
-// than a warp-per-expert shuffle scan, which serializes E / warps experts per warp when the block
-// has few warps), with all of an expert's loads issued before its stores. Call after a barrier
+// ... < end; writes totals[e] when non-null (int, or 16-bit where the totals fit). A thread per
+// expert walks the warps (measured faster than a warp-per-expert shuffle scan, which serializes
+// E / warps experts per warp when the block has few warps), with all of an expert's loads issued
+// before its stores. Call after a barrier
 // that follows every warp's rank_warp_slots; rows are row_stride(E) apart.
-template <int kWarps>
+template <int kWarps, typename Total>
 __device__ __forceinline__ void warp_rows_to_prefix(std::uint16_t* rows, int num_experts, int begin,
-                                                    int end, int step, int* totals) {
+                                                    int end, int step, Total* totals) {
   const int stride = row_stride(num_experts);
 #pragma unroll 1
   for (int e = begin; e < end; e += step) {
@@ -163,7 +164,7 @@ __device__ __forceinline__ void warp_rows_to_prefix(std::uint16_t* rows, int num
       rows[w * stride + e] = static_cast<std::uint16_t>(run);
       run += counts[w];
     }
-    if (totals != nullptr) totals[e] = run;
+    if (totals != nullptr) totals[e] = static_cast<Total>(run);
   }
 }
 

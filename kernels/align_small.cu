@@ -21,8 +21,17 @@
 namespace moe_dispatch::kernels {
 namespace {
 
-// Shared memory: counts[E], starts[E] (int32), with clusters also block_counts[E] and base[E],
-// then one row of 16-bit counters per warp.
+// In a cluster, the shared int32 arrays before cluster_counts (counts, starts, base), rounded up
+// to whole 16-byte quads, and the entries of a row of cluster_counts: E rounded up to 8, so rows
+// are whole quads too.
+__host__ __device__ constexpr int cluster_ints_before(int num_experts) {
+  return (3 * num_experts + 3) / 4 * 4;
+}
+__host__ __device__ constexpr int cluster_row(int num_experts) { return (num_experts + 7) / 8 * 8; }
+
+// Shared memory: counts[E], starts[E] (int32), with clusters also base[E] (int32) and
+// cluster_counts[kClusterBlocks][cluster_row(E)] (16-bit), then one row of 16-bit counters per
+// warp.
 // Barriers: rows complete -> (clusters: block totals complete in the cluster) -> (segment scan's
 // own) -> segment starts complete. The first barrier (the cluster barrier in a cluster, with its
 // default release and acquire) also orders the fill of the owned blocks before any write over
@@ -34,15 +43,17 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
   extern __shared__ int4 shared_raw[];
   int* counts = reinterpret_cast<int*>(shared_raw);  // slots of each expert, all blocks
   int* starts = counts + p.num_experts;
-  // This block's slots of each expert (read by the other blocks of its cluster) and the slots of
-  // each expert in the cluster's earlier blocks.
-  int* block_counts = kClustered ? starts + p.num_experts : counts;
-  int* base = kClustered ? block_counts + p.num_experts : nullptr;
-  auto* rows =
-      reinterpret_cast<std::uint16_t*>(kClustered ? base + p.num_experts : starts + p.num_experts);
+  // In a cluster: the slots of each expert in the cluster's earlier blocks, and every block's
+  // slots of each expert (row r written by block r, into every block of the cluster).
+  int* base = kClustered ? starts + p.num_experts : nullptr;
+  const int cluster_stride = cluster_row(p.num_experts);
+  auto* cluster_counts = reinterpret_cast<std::uint16_t*>(
+      kClustered ? counts + cluster_ints_before(p.num_experts) : nullptr);
+  auto* rows = kClustered ? cluster_counts + kClusterBlocks * cluster_stride
+                          : reinterpret_cast<std::uint16_t*>(starts + p.num_experts);
   __shared__ ScanStorage<kThreads> scan_temp;
   __shared__ int warp_invalid[kWarps];
-  __shared__ int block_invalid;  // read by block 0 of the cluster
+  __shared__ int cluster_invalid[kClusterBlocks];  // block 0's: each block's invalid ids
 
   // The blocks of a cluster split the slots: block `member` ranks the member-th share.
   const int member = static_cast<int>(blockIdx.x) % kClusterBlocks;
@@ -50,6 +61,9 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
   const int warp = threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   const std::int64_t first = static_cast<std::int64_t>(member * kWarps + warp) * kWarp * kItems;
+  // Distributed shared memory may be written only once every block of the cluster runs: each
+  // block arrives here and waits before its first remote store.
+  if constexpr (kClustered) __cluster_barrier_arrive_relaxed();
   const OneKernelStart<kItems> start(p, first);
   const int numel = start.numel;
 
@@ -70,28 +84,56 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
   // Scan: each thread turns its experts' rows into per-warp prefixes (stable order across warps)
   // and their totals into counts, then the block scans the segments' sizes in blocks.
   const ExpertRun<kThreads> run(p.num_experts);
-  warp_rows_to_prefix<kWarps>(rows, p.num_experts, run.first, run.last, 1, block_counts);
-  // The last thread of each block sums the block's invalid ids (in a cluster, block 0 then reads
-  // every block's sum in one round of remote loads; outside one, block 0's sum is the total).
+  if constexpr (kClustered) {
+    std::uint16_t* own_row = cluster_counts + member * cluster_stride;
+    warp_rows_to_prefix<kWarps>(rows, p.num_experts, run.first, run.last, 1, own_row);
+    // The row's padding is copied with it: define it.
+    if (threadIdx.x < cluster_stride - p.num_experts) own_row[p.num_experts + threadIdx.x] = 0;
+  } else {
+    warp_rows_to_prefix<kWarps>(rows, p.num_experts, run.first, run.last, 1, counts);
+  }
+  // The last thread of each block sums the block's invalid ids (block 0's is the grid's total
+  // outside a cluster).
   int total_invalid = 0;
   if (threadIdx.x == kThreads - 1 && (kClustered || blockIdx.x == 0)) {
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) total_invalid += warp_invalid[w];
-    if constexpr (kClustered) block_invalid = total_invalid;
   }
   if constexpr (kClustered) {
     // The blocks of the cluster exchange their totals through distributed shared memory: each
-    // thread sums its experts over the cluster's blocks (and over the earlier ones for base).
+    // block copies its row of 16-bit totals into every other block in 16-byte stores (warp w
+    // to block w % kClusterBlocks) before the cluster barrier, then each thread sums its experts
+    // over the local rows (and over the earlier blocks' rows for base). Measured against remote
+    // loads after the barrier and against a 32-bit store per expert and block: docs/KERNELS.md.
+    static_assert(kWarps % kClusterBlocks == 0, "every block of the cluster needs a sender");
+    static_assert(kThreads * kItems <= 0xffff, "a block's totals must fit 16 bits");
     namespace cg = cooperative_groups;
     const cg::cluster_group cluster = cg::this_cluster();
-    // Every block's totals complete, and every block's fill of the cluster's output blocks
-    // visible (release and acquire: not a relaxed arrive).
+    __cluster_barrier_wait();  // every block of the cluster runs
+    __syncthreads();           // this block's row complete
+    {
+      constexpr int kSenders = kWarps / kClusterBlocks;  // warps per destination
+      const int destination = warp % kClusterBlocks;
+      const int quads = cluster_stride / 8;
+      if (destination != member) {
+        const auto* from = reinterpret_cast<const int4*>(cluster_counts + member * cluster_stride);
+        int4* to = reinterpret_cast<int4*>(
+            cluster.map_shared_rank(cluster_counts + member * cluster_stride, destination));
+#pragma unroll 1
+        for (int q = warp / kClusterBlocks * kWarp + lane; q < quads; q += kSenders * kWarp)
+          to[q] = from[q];
+      }
+    }
+    if (threadIdx.x == kThreads - 1)
+      *cluster.map_shared_rank(cluster_invalid + member, 0) = total_invalid;
+    // Every block's rows complete in every block, and every block's fill of the cluster's output
+    // blocks visible (release and acquire: not a relaxed arrive). No shared memory of another
+    // block is touched after it, so no block waits for the others before it exits.
     cluster.sync();
     for (int e = run.first; e < run.last; ++e) {
       int values[kClusterBlocks];
 #pragma unroll
-      for (int r = 0; r < kClusterBlocks; ++r)
-        values[r] = cluster.map_shared_rank(block_counts, r)[e];
+      for (int r = 0; r < kClusterBlocks; ++r) values[r] = cluster_counts[r * cluster_stride + e];
       int total = 0;
       int earlier = 0;
 #pragma unroll
@@ -103,16 +145,10 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
       base[e] = earlier;
     }
     if (blockIdx.x == 0 && threadIdx.x == kThreads - 1) {
-      int values[kClusterBlocks];
-#pragma unroll
-      for (int r = 0; r < kClusterBlocks; ++r)
-        values[r] = *cluster.map_shared_rank(&block_invalid, r);
       total_invalid = 0;
 #pragma unroll
-      for (int r = 0; r < kClusterBlocks; ++r) total_invalid += values[r];
+      for (int r = 0; r < kClusterBlocks; ++r) total_invalid += cluster_invalid[r];
     }
-    // No block may exit while another still reads its shared memory: arrive now, wait at the end.
-    cluster.barrier_arrive();
   }
   const int used_blocks = scan_segment_starts<kThreads>(p, run, counts, starts, scan_temp);
   __syncthreads();  // starts, counts (and base) complete
@@ -152,7 +188,6 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
       }
     }
   }
-  if constexpr (kClustered) cooperative_groups::this_cluster().barrier_wait();
 }
 
 // At most one block per SM of the H100 (measured against 32 at E = 1024: 5% faster at decode,
@@ -201,8 +236,14 @@ AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size,
   plan.cluster = shape.cluster;
   const int grid = write_blocks(max_numel + std::int64_t{num_experts} * block_size, kMaxSmallGrid);
   plan.grid = (grid + shape.cluster - 1) / shape.cluster * shape.cluster;
-  const int int_arrays = shape.cluster > 1 ? 4 : 2;
-  plan.shared_bytes = int_arrays * sizeof(int) * static_cast<std::size_t>(num_experts) +
+  const bool clustered = shape.cluster > 1;
+  const std::size_t int_entries = clustered
+                                      ? static_cast<std::size_t>(cluster_ints_before(num_experts))
+                                      : 2 * static_cast<std::size_t>(num_experts);
+  plan.shared_bytes = sizeof(int) * int_entries +
+                      (clustered ? sizeof(std::uint16_t) * static_cast<std::size_t>(shape.cluster) *
+                                       static_cast<std::size_t>(cluster_row(num_experts))
+                                 : 0) +
                       sizeof(std::uint16_t) * static_cast<std::size_t>(plan.threads / kWarp) *
                           static_cast<std::size_t>(row_stride(num_experts));
   plan.kernels = 1;
