@@ -161,7 +161,8 @@ int main(int argc, char** argv) {
   struct Shape {
     int experts, top_k, block;
   };
-  std::vector<Shape> shapes{{8, 2, 64}, {64, 2, 128}, {128, 8, 64}, {256, 8, 64}, {1024, 8, 128}};
+  std::vector<Shape> shapes{{8, 2, 64},   {64, 2, 128}, {128, 8, 64},
+                            {256, 8, 64}, {512, 8, 64}, {1024, 8, 128}};
   std::vector<int> token_counts{1, 2, 4, 8, 16, 64, 256, 512, 1024, 2048, 4096, 16384};
   if (argc == 5) {
     shapes = {{std::atoi(argv[1]), std::atoi(argv[2]), std::atoi(argv[3])}};

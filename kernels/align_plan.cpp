@@ -18,12 +18,15 @@ AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size,
 }
 
 namespace {
-// Decode-sized steps take one kernel launch (one graph node) up to 4096 slots. Measured
-// (bench/variant_bench, docs/BENCHMARKS.md): up to 2048 slots the one-kernel variant is ahead for
-// every E measured (8 to 1024); at 4096 slots its clustered shapes are ahead or level for
-// E <= 256 (H200, E = 256: 5.07 against 5.11 us) and behind from E = 1024 (9.94 against 7.92 us),
-// which the one-launch rule gives up; at 8192 the large variant is ahead for every E.
-constexpr std::int64_t kSmallMaxDecodeNumel = 4096;
+// Decode-sized steps take one kernel launch (one graph node): up to 8192 slots for E <= 1024,
+// up to 4096 for E <= 2048. Measured (bench/variant_bench, docs/BENCHMARKS.md, H200): the
+// one-kernel variant's clustered shapes are ahead of the large variant at 8192 slots for every E
+// measured up to 1024 (E = 256: 4.18 against 4.93 us; E = 1024: 7.34 against 7.82) and level or
+// behind at 16384 (E = 256: 5.09 against 5.08; E = 1024: 9.37 against 7.99); past 1024 experts
+// the one-block shapes at 4096 slots are the ones measured.
+constexpr std::int64_t kSmallMaxDecodeNumel = 8192;
+constexpr int kSmallMaxDecodeExperts = 1024;
+constexpr std::int64_t kSmallMaxWideNumel = 4096;  // for E up to kSmallMaxExperts
 }  // namespace
 
 AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size) {
@@ -33,7 +36,8 @@ AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size) {
   if (max_numel <= kTinyMaxNumel) {
     return plan_align(max_numel, num_experts, block_size, AlignVariant::kTiny);
   }
-  const bool small = max_numel <= kSmallMaxDecodeNumel && num_experts <= kSmallMaxExperts;
+  const bool small = (max_numel <= kSmallMaxDecodeNumel && num_experts <= kSmallMaxDecodeExperts) ||
+                     (max_numel <= kSmallMaxWideNumel && num_experts <= kSmallMaxExperts);
   return plan_align(max_numel, num_experts, block_size,
                     small ? AlignVariant::kSmall : AlignVariant::kLarge);
 }

@@ -604,13 +604,18 @@ TEST_CASE("the planner picks one kernel for decode shapes") {
   CHECK(mk::plan_align(512, 256, 64).cluster == 1);
   CHECK(mk::plan_align(513, 256, 64).cluster == 4);
   CHECK(mk::plan_align(4096, 512, 64).cluster == 8);
-  CHECK(mk::plan_align(4096, 513, 64).cluster == 1);
-  CHECK(mk::plan_align(4096, 1024, 64).cluster == 1);
-  // Above 4096 slots the large variant for every E (measured ahead at 8192 up to E = 2048).
-  for (const int experts : {8, 256, 1024, 2048}) {
-    CHECK(mk::plan_align(4096, experts, 128).variant == mk::AlignVariant::kSmall);
-    CHECK(mk::plan_align(4097, experts, 128).variant == mk::AlignVariant::kLarge);
+  CHECK(mk::plan_align(2048, 1024, 64).cluster == 1);
+  CHECK(mk::plan_align(2049, 1024, 64).cluster == 8);
+  CHECK(mk::plan_align(4096, 1025, 64).cluster == 1);
+  // One kernel up to 8192 slots for E <= 1024 (clusters measured ahead of the large variant
+  // there), up to 4096 for E <= 2048; the large variant above.
+  for (const int experts : {8, 256, 1024}) {
+    CHECK(mk::plan_align(8192, experts, 128).variant == mk::AlignVariant::kSmall);
+    CHECK(mk::plan_align(8193, experts, 128).variant == mk::AlignVariant::kLarge);
   }
+  CHECK(mk::plan_align(4096, 2048, 128).variant == mk::AlignVariant::kSmall);
+  CHECK(mk::plan_align(4097, 2048, 128).variant == mk::AlignVariant::kLarge);
+  CHECK(mk::plan_align(4097, 1025, 128).variant == mk::AlignVariant::kLarge);
   // The large variant's shape: the first rule of kLargeShapeRules that holds (slots per thread,
   // kernels), on both sides of each rule's bounds; the count kernel runs in clusters of 8.
   const auto shape = [](std::int64_t numel, int experts) {
@@ -634,7 +639,7 @@ TEST_CASE("the planner picks one kernel for decode shapes") {
   CHECK(shape(65537, 2048) == std::pair{8, 3});
   CHECK(shape(std::int64_t{1} << 24, 4096) == std::pair{8, 3});
   CHECK(mk::plan_align(131072, 256, 64).grid == 128);
-  CHECK(mk::plan_align(4097, 8, 64).grid == 16);  // 9 chunks of 512 slots
+  CHECK(mk::plan_align(4097, 8, 64, mk::AlignVariant::kLarge).grid == 16);  // 9 chunks of 512 slots
   // Past the small variant's experts: tiny up to 64 slots, then the large variant.
   CHECK(mk::plan_align(64, 4096, 16).variant == mk::AlignVariant::kTiny);
   CHECK(mk::plan_align(65, 4096, 16).variant == mk::AlignVariant::kLarge);
