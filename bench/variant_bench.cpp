@@ -99,9 +99,11 @@ int sweep_small_shapes(cudaStream_t stream) {
       for (const mk::SmallShape& shape : mk::kSmallShapes) {
         if (shape.capacity() < numel || shape.capacity() > 4 * numel) continue;
         const mk::AlignPlan plan = mk::small_plan(numel, s.experts, s.block, shape);
-        std::printf("| %d | %d | %d | %lld | %d x %d x %d | %d | %.2f |\n", s.experts, s.top_k,
+        std::printf("| %d | %d | %d | %lld | %d x %d x %d%s%s | %d | %.2f |\n", s.experts, s.top_k,
                     s.block, static_cast<long long>(numel), shape.threads, shape.items,
-                    shape.cluster, plan.grid, graph_us(point.params, plan, stream));
+                    shape.cluster, shape.fill > 0 ? " + fill " : "",
+                    shape.fill > 0 ? std::to_string(shape.fill).c_str() : "", plan.grid,
+                    graph_us(point.params, plan, stream));
       }
     }
   }

@@ -52,9 +52,10 @@ enum class AlignVariant {
 // Launch shape of one alignment; a function of (max numel, E, B) only.
 struct AlignPlan {
   AlignVariant variant = AlignVariant::kSmall;
-  int threads = 0;     // threads per block
-  int items = 0;       // slots per thread (each warp owns 32 * items consecutive slots)
-  int cluster = 1;     // blocks per thread-block cluster (large: of the count kernel)
+  int threads = 0;       // threads per block (small variant: those that rank)
+  int fill_threads = 0;  // small variant: threads per block after them that only fill
+  int items = 0;         // slots per thread (each warp owns 32 * items consecutive slots)
+  int cluster = 1;       // blocks per thread-block cluster (large: of the count kernel)
   int grid = 1;        // blocks (large variant: of the count kernel, one per chunk, whole clusters)
   int write_grid = 1;  // large variant: blocks of the scatter kernel (at least grid)
   std::size_t shared_bytes = 0;  // dynamic shared memory per block

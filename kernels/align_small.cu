@@ -36,10 +36,16 @@ __host__ __device__ constexpr int cluster_row(int num_experts) { return (num_exp
 // own) -> segment starts complete. The first barrier (the cluster barrier in a cluster, with its
 // default release and acquire) also orders the fill of the owned blocks before any write over
 // them: keep the fill above it.
-template <int kThreads, int kItems, int kClusterBlocks>
-__global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams p) {
-  constexpr int kWarps = kThreads / kWarp;
+// kThreads threads rank (kItems slots each); kFillThreads more (whole warps, after them) only fill
+// the owned blocks while the others rank, then take part in the scan.
+template <int kThreads, int kItems, int kClusterBlocks, int kFillThreads>
+__global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(const AlignParams p) {
+  constexpr int kWarps = kThreads / kWarp;  // ranking warps
+  constexpr int kBlockThreads = kThreads + kFillThreads;
+  constexpr int kLast = kBlockThreads - 1;  // the thread that sums and writes the counters
   constexpr bool kClustered = kClusterBlocks > 1;
+  static_assert(kFillThreads % kWarp == 0 && (kFillThreads == 0 || !kClustered),
+                "fill threads come in whole warps, in one-block shapes");
   extern __shared__ int4 shared_raw[];
   int* counts = reinterpret_cast<int*>(shared_raw);  // slots of each expert, all blocks
   int* starts = counts + p.num_experts;
@@ -51,7 +57,7 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
       kClustered ? counts + cluster_ints_before(p.num_experts) : nullptr);
   auto* rows = kClustered ? cluster_counts + kClusterBlocks * cluster_stride
                           : reinterpret_cast<std::uint16_t*>(starts + p.num_experts);
-  __shared__ ScanStorage<kThreads> scan_temp;
+  __shared__ ScanStorage<kBlockThreads> scan_temp;
   __shared__ int warp_invalid[kWarps];
   __shared__ int cluster_invalid[kClusterBlocks];  // block 0's: each block's invalid ids
 
@@ -60,6 +66,10 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
   const int cluster_index = static_cast<int>(blockIdx.x) / kClusterBlocks;
   const int warp = threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
+  // Warp-uniform; constant without fill warps (a runtime test there cost ~0.1 us at 512 slots and
+  // 0.1-0.4 us in the clustered shapes, H200).
+  const bool ranks = kFillThreads == 0 || warp < kWarps;
+  // Fill warps start past the block's slots, hence past the capacity: they load no ids.
   const std::int64_t first = static_cast<std::int64_t>(member * kWarps + warp) * kWarp * kItems;
   // Distributed shared memory may be written only once every block of the cluster runs: each
   // block arrives here and waits before its first remote store.
@@ -70,20 +80,26 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
   // This cluster's output blocks take -1 and the sentinel while the ids arrive; the slots and the
   // used blocks among them are written over after the scan (the barriers below order the two).
   const OwnedBlocks own(p, cluster_index, start.extent, start.extent_blocks);
-  own.prefill(p, numel, member * kThreads + static_cast<int>(threadIdx.x),
-              kClusterBlocks * kThreads);
+  if constexpr (kFillThreads > 0) {
+    if (!ranks) own.prefill(p, numel, static_cast<int>(threadIdx.x) - kThreads, kFillThreads);
+  } else {
+    own.prefill(p, numel, member * kThreads + static_cast<int>(threadIdx.x),
+                kClusterBlocks * kThreads);
+  }
 
   // Count: each warp ranks its own consecutive slots against its private row of counters.
-  std::uint16_t* row = rows + warp * row_stride(p.num_experts);
-  zero_warp_row(row, p.num_experts);
   WarpSlots<kItems> slots;
-  const int invalid = rank_warp_slots<kItems>(p, first, numel, start.ids, row, slots);
-  if (lane == 0) warp_invalid[warp] = invalid;
+  if (ranks) {
+    std::uint16_t* row = rows + warp * row_stride(p.num_experts);
+    zero_warp_row(row, p.num_experts);
+    const int invalid = rank_warp_slots<kItems>(p, first, numel, start.ids, row, slots);
+    if (lane == 0) warp_invalid[warp] = invalid;
+  }
   __syncthreads();  // every row complete
 
   // Scan: each thread turns its experts' rows into per-warp prefixes (stable order across warps)
   // and their totals into counts, then the block scans the segments' sizes in blocks.
-  const ExpertRun<kThreads> run(p.num_experts);
+  const ExpertRun<kBlockThreads> run(p.num_experts);
   if constexpr (kClustered) {
     std::uint16_t* own_row = cluster_counts + member * cluster_stride;
     warp_rows_to_prefix<kWarps>(rows, p.num_experts, run.first, run.last, 1, own_row);
@@ -95,7 +111,7 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
   // The last thread of each block sums the block's invalid ids (block 0's is the grid's total
   // outside a cluster).
   int total_invalid = 0;
-  if (threadIdx.x == kThreads - 1 && (kClustered || blockIdx.x == 0)) {
+  if (threadIdx.x == kLast && (kClustered || blockIdx.x == 0)) {
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) total_invalid += warp_invalid[w];
   }
@@ -124,8 +140,7 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
           to[q] = from[q];
       }
     }
-    if (threadIdx.x == kThreads - 1)
-      *cluster.map_shared_rank(cluster_invalid + member, 0) = total_invalid;
+    if (threadIdx.x == kLast) *cluster.map_shared_rank(cluster_invalid + member, 0) = total_invalid;
     // Every block's rows complete in every block, and every block's fill of the cluster's output
     // blocks visible (release and acquire: not a relaxed arrive). No shared memory of another
     // block is touched after it, so no block waits for the others before it exits.
@@ -144,17 +159,17 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
       counts[e] = total;
       base[e] = earlier;
     }
-    if (blockIdx.x == 0 && threadIdx.x == kThreads - 1) {
+    if (blockIdx.x == 0 && threadIdx.x == kLast) {
       total_invalid = 0;
 #pragma unroll
       for (int r = 0; r < kClusterBlocks; ++r) total_invalid += cluster_invalid[r];
     }
   }
-  const int used_blocks = scan_segment_starts<kThreads>(p, run, counts, starts, scan_temp);
+  const int used_blocks = scan_segment_starts<kBlockThreads>(p, run, counts, starts, scan_temp);
   __syncthreads();  // starts, counts (and base) complete
 
   // The counters: one thread of the grid, the last of block 0.
-  if (blockIdx.x == 0 && threadIdx.x == kThreads - 1) {
+  if (blockIdx.x == 0 && threadIdx.x == kLast) {
     *p.num_tokens_post_pad = used_blocks * p.block_size;
     p.counters[kCounterInvalid] = total_invalid;
     write_count_counters(p, start.num_tokens, start.clamped);
@@ -162,16 +177,20 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
 
   // Write over this cluster's blocks: the slots this block ranked whose positions fall in them,
   // and the expert_ids of the segments of this thread's experts that cover them (in a cluster,
-  // each block takes every kClusterBlocks-th expert).
+  // each block takes every kClusterBlocks-th expert). Measured against writing the expert_ids as
+  // the scan finds each segment's start, before the second barrier: that was 0.05-0.4 us slower
+  // from 4096 slots and at E = 1024 (the barrier waits for the slowest thread's stores).
+  if (ranks) {
 #pragma unroll
-  for (int j = 0; j < kItems; ++j) {
-    const int e = slots.expert[j];
-    if (e >= 0) {
-      const int earlier = kClustered ? base[e] : 0;
-      const int pos = starts[e] * p.block_size + earlier +
-                      rows[warp * row_stride(p.num_experts) + e] + slots.rank[j];
-      if (own.holds_entry(pos))
-        p.sorted_token_ids[pos] = static_cast<int>(first) + j * kWarp + lane;
+    for (int j = 0; j < kItems; ++j) {
+      const int e = slots.expert[j];
+      if (e >= 0) {
+        const int earlier = kClustered ? base[e] : 0;
+        const int pos = starts[e] * p.block_size + earlier +
+                        rows[warp * row_stride(p.num_experts) + e] + slots.rank[j];
+        if (own.holds_entry(pos))
+          p.sorted_token_ids[pos] = static_cast<int>(first) + j * kWarp + lane;
+      }
     }
   }
   // The segments of this thread's experts are the blocks from starts[run.first] to the next
@@ -194,18 +213,19 @@ __global__ void __launch_bounds__(kThreads) align_small_kernel(const AlignParams
 // 9% at 8192 slots).
 constexpr int kMaxSmallGrid = 128;
 
-template <int kThreads, int kItems, int kClusterBlocks>
+template <int kThreads, int kItems, int kClusterBlocks, int kFillThreads>
 cudaError_t launch_shape(const AlignParams& params, const AlignPlan& plan, cudaStream_t stream) {
-  const auto kernel = align_small_kernel<kThreads, kItems, kClusterBlocks>;
+  const auto kernel = align_small_kernel<kThreads, kItems, kClusterBlocks, kFillThreads>;
+  constexpr int kBlockThreads = kThreads + kFillThreads;
   const cudaError_t attr = allow_shared_memory(kernel, plan.shared_bytes);
   if (attr != cudaSuccess) return attr;
   if constexpr (kClusterBlocks == 1) {
-    kernel<<<plan.grid, kThreads, plan.shared_bytes, stream>>>(params);
+    kernel<<<plan.grid, kBlockThreads, plan.shared_bytes, stream>>>(params);
     return cudaGetLastError();
   } else {
     cudaLaunchAttribute attribute = cluster_dimension(kClusterBlocks);
-    return launch_with_attributes(kernel, plan.grid, kThreads, plan.shared_bytes, &attribute, 1,
-                                  params, stream);
+    return launch_with_attributes(kernel, plan.grid, kBlockThreads, plan.shared_bytes, &attribute,
+                                  1, params, stream);
   }
 }
 
@@ -215,8 +235,9 @@ cudaError_t launch_any_shape(const AlignParams& params, const AlignPlan& plan, c
   cudaError_t status = cudaErrorInvalidConfiguration;
   const auto try_shape = [&](auto index) {
     constexpr SmallShape s = kSmallShapes[decltype(index)::value];
-    if (plan.threads == s.threads && plan.items == s.items && plan.cluster == s.cluster) {
-      status = launch_shape<s.threads, s.items, s.cluster>(params, plan, stream);
+    if (plan.threads == s.threads && plan.items == s.items && plan.cluster == s.cluster &&
+        plan.fill_threads == s.fill) {
+      status = launch_shape<s.threads, s.items, s.cluster, s.fill>(params, plan, stream);
       return true;
     }
     return false;
@@ -234,6 +255,7 @@ AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size,
   plan.threads = shape.threads;
   plan.items = shape.items;
   plan.cluster = shape.cluster;
+  plan.fill_threads = shape.fill;
   const int grid = write_blocks(max_numel + std::int64_t{num_experts} * block_size, kMaxSmallGrid);
   plan.grid = (grid + shape.cluster - 1) / shape.cluster * shape.cluster;
   const bool clustered = shape.cluster > 1;

@@ -17,15 +17,18 @@ inline constexpr int kSmallMaxExperts = 2048;
 // distributed shared memory); every cluster of the grid ranks all slots and writes its share.
 struct SmallShape {
   int threads;
-  int items;    // slots per thread
-  int cluster;  // blocks per cluster (1: no cluster, each block ranks all slots)
+  int items;     // slots per thread
+  int cluster;   // blocks per cluster (1: no cluster, each block ranks all slots)
+  int fill = 0;  // threads per block (whole warps, one-block shapes only) that only fill
   constexpr std::int64_t capacity() const { return std::int64_t{threads} * items * cluster; }
 };
-// Every shape the kernel is built for: the planner's, and the clustered ones variant_bench
+// Every shape the kernel is built for: the planner's, and the others variant_bench
 // compares them with.
 inline constexpr SmallShape kSmallShapes[] = {
-    {128, 1, 1}, {256, 2, 1}, {512, 4, 1}, {1024, 4, 1}, {1024, 8, 1}, {1024, 16, 1}, {256, 1, 4},
-    {128, 2, 4}, {256, 2, 4}, {256, 1, 8}, {256, 2, 8},  {512, 1, 8},  {512, 2, 8},   {512, 4, 8}};
+    {128, 1, 1},      {128, 1, 1, 64}, {128, 1, 1, 128}, {256, 2, 1},  {256, 2, 1, 128},
+    {256, 2, 1, 256}, {512, 4, 1},     {1024, 4, 1},     {1024, 8, 1}, {1024, 16, 1},
+    {256, 1, 4},      {128, 2, 4},     {256, 2, 4},      {256, 1, 8},  {256, 2, 8},
+    {512, 1, 8},      {512, 2, 8},     {512, 4, 8}};
 // The planner's shape for steps of up to max_numel slots over up to max_experts experts (the first
 // rule that holds).
 struct SmallShapeRule {
@@ -33,11 +36,17 @@ struct SmallShapeRule {
   int max_experts;
   SmallShape shape;
 };
-// Measured (`variant_bench shapes`, H200, docs/BENCHMARKS.md): clusters of 8 from 1025 slots for
-// E <= 512 and from 2049 for E <= 1024 (E 1024 at 4096 slots: 512 x 1 x 8 6.45 us, 1024 x 4 x 1
-// 8.91); E past 1024 keeps the one-block shapes, not measured against clusters.
+// Measured (`variant_bench shapes`, H200, docs/BENCHMARKS.md): up to 128 slots one block with
+// as many warps that only fill as rank (E 256: 128 x 1 + 128 2.22 us against 2.45 for 128 x 1;
+// E 1024: 3.41 against 4.05 for 256 x 2), at 129-512 slots fill warps only past 512 experts
+// (E 1024: 256 x 2 + 256 3.85 against 4.30; level at E 512, behind below), clusters of 8 from 1025
+// slots for E <= 512 and from 2049 for E <= 1024 (E 1024 at 4096 slots: 512 x 1 x 8 6.45 us,
+// 1024 x 4 x 1 8.91); E past 1024 keeps the shapes without fill warps or clusters, not measured
+// against them.
 inline constexpr SmallShapeRule kSmallShapeRules[] = {
-    {128, 512, {128, 1, 1}},
+    {128, 1024, {128, 1, 1, 128}},
+    {512, 512, {256, 2, 1}},
+    {512, 1024, {256, 2, 1, 256}},
     {512, kSmallMaxExperts, {256, 2, 1}},
     {1024, 512, {256, 1, 4}},
     {2048, 512, {256, 1, 8}},
