@@ -6,8 +6,9 @@
 // only its share of the outputs: a one-block kernel is bound by one SM's store throughput
 // (measured: 8192 scattered slots took ~20 us on one SM of the H100), while the counting it
 // repeats is cheap at these sizes. In a cluster each block ranks its share of the slots, and the
-// blocks exchange their per-expert totals through distributed shared memory (one cluster barrier),
-// so the serial ranking walk per block shrinks with the cluster. The kernel is latency-bound;
+// blocks exchange their per-expert totals through distributed shared memory (remote stores, then
+// one cluster barrier), so the serial ranking walk per block shrinks with the cluster; a one-block
+// shape may add warps that only fill while the others rank. The kernel is latency-bound;
 // docs/KERNELS.md lists what it keeps off its critical path.
 #include <cooperative_groups.h>
 
