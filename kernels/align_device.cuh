@@ -147,8 +147,8 @@ __device__ __forceinline__ void zero_warp_row(std::uint16_t* row, int num_expert
 // ... < end; writes totals[e] when non-null (int, or 16-bit where the totals fit). A thread per
 // expert walks the warps (measured faster than a warp-per-expert shuffle scan, which serializes
 // E / warps experts per warp when the block has few warps), with all of an expert's loads issued
-// before its stores. Call after a barrier
-// that follows every warp's rank_warp_slots; rows are row_stride(E) apart.
+// before its stores. Call after a barrier that follows every warp's rank_warp_slots; rows are
+// row_stride(E) apart.
 template <int kWarps, typename Total>
 __device__ __forceinline__ void warp_rows_to_prefix(std::uint16_t* rows, int num_experts, int begin,
                                                     int end, int step, Total* totals) {

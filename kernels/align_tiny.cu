@@ -145,9 +145,9 @@ __global__ void __launch_bounds__(kTinyThreads) align_tiny_kernel(const AlignPar
     }
   }
   __syncthreads();  // the fill is ordered before warp 0's writes over it
+  // Warp 0 holds every slot: it writes those whose position is in the block's output blocks, and
+  // the expert_ids of the segments (each known to its expert's first slot) that cover them.
   if (!ranker) return;
-    // Warp 0 holds every slot: it writes those whose position is in the block's output blocks, and
-    // the expert_ids of the segments (each known to its expert's first slot) that cover them.
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const int pos = s.start[j] * p.block_size + s.rank[j];
