@@ -83,29 +83,26 @@ __host__ __device__ constexpr int row_stride(int num_experts) {
   return (num_experts + 3) / 4 * 4 + 2;
 }
 
-// Lanes of the warp holding the same key as this lane: one ballot per key bit (a warp multi-split;
-// measured cheaper than __match_any_sync on the H100).
-__device__ __forceinline__ unsigned same_key_lanes(int key, int key_bits) {
-  unsigned peers = kFullMask;
-  for (int b = 0; b < key_bits; ++b) {
-    const bool bit = ((key >> b) & 1) != 0;
-    const unsigned ones = __ballot_sync(kFullMask, bit);
-    peers &= bit ? ones : ~ones;
-  }
-  return peers;
-}
-
 // Ranks the warp's slots in slot order. `row` is this warp's private row of per-expert counters
 // (zeroed by the caller); on return row[e] counts the warp's slots of expert e. Returns the
 // number of slots whose id was outside [0, E) (same value in every lane).
-template <int kItems>
+// Keys are 0 for a skipped slot, else the expert + 1; one ballot per key bit and item finds the
+// lanes holding each key (a warp multi-split; measured cheaper than __match_any_sync on the H100),
+// every item's ballots of a bit issued together. With kCross, each item's key is also matched
+// against the other items' lanes (kItems^2 masks per bit), which gives every slot its rank and
+// its expert's count in the warp without reading the row: the expert's first slot stores the
+// count. Without it the row is a running counter, read and updated item after item by one lane
+// per expert. Which is faster depends on the shape (docs/KERNELS.md); the callers choose.
+template <int kItems, bool kCross>
 __device__ __forceinline__ int rank_warp_slots(const AlignParams& p, std::int64_t first, int numel,
                                                const int (&ids)[kItems], std::uint16_t* row,
                                                WarpSlots<kItems>& slots) {
+  constexpr int kMatched = kCross ? kItems : 1;  // items each key is matched against
   const int lane = threadIdx.x % kWarp;
   const unsigned lanes_below = (1u << lane) - 1u;
   const int key_bits = 32 - __clz(p.num_experts);  // keys 0 (skipped) .. E
   int invalid = 0;
+  int key[kItems];
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const std::int64_t slot = first + j * kWarp + lane;
@@ -117,29 +114,85 @@ __device__ __forceinline__ int rank_warp_slots(const AlignParams& p, std::int64_
       if (!bad) expert = counted_expert(p, id);
     }
     invalid += __popc(__ballot_sync(kFullMask, bad));
-    const unsigned peers = same_key_lanes(expert + 1, key_bits);
-    const int leader = __ffs(peers) - 1;
-    int before = 0;
-    if (lane == leader && expert >= 0) {
-      before = row[expert];
-      row[expert] = static_cast<std::uint16_t>(before + __popc(peers));
-    }
-    before = __shfl_sync(kFullMask, before, leader);
     slots.expert[j] = expert;
-    slots.rank[j] = before + __popc(peers & lanes_below);
-    // The next step's leader may update the same counter.
-    __syncwarp();
+    key[j] = expert + 1;
+  }
+  // same[j][i]: the lanes whose item i (item j itself without cross matching) holds the key of
+  // this lane's item j.
+  unsigned same[kItems][kMatched];
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+#pragma unroll
+    for (int i = 0; i < kMatched; ++i) same[j][i] = kFullMask;
+  }
+#pragma unroll 4
+  for (int b = 0; b < key_bits; ++b) {
+    unsigned ones[kItems];
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) ones[i] = __ballot_sync(kFullMask, ((key[i] >> b) & 1) != 0);
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      const bool set = ((key[j] >> b) & 1) != 0;
+#pragma unroll
+      for (int i = 0; i < kMatched; ++i) {
+        const unsigned lanes = ones[kCross ? i : j];
+        same[j][i] &= set ? lanes : ~lanes;
+      }
+    }
+  }
+  if constexpr (kCross) {
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      int before = __popc(same[j][j] & lanes_below);
+      int total = __popc(same[j][j]);
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) {
+        if (i < j) before += __popc(same[j][i]);
+        if (i != j) total += __popc(same[j][i]);
+      }
+      slots.rank[j] = before;
+      const int expert = slots.expert[j];
+      if (before == 0 && expert >= 0) row[expert] = static_cast<std::uint16_t>(total);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      const unsigned peers = same[j][0];
+      const int expert = slots.expert[j];
+      const int leader = __ffs(peers) - 1;
+      int before = 0;
+      if (lane == leader && expert >= 0) {
+        before = row[expert];
+        row[expert] = static_cast<std::uint16_t>(before + __popc(peers));
+      }
+      before = __shfl_sync(kFullMask, before, leader);
+      slots.rank[j] = before + __popc(peers & lanes_below);
+      // The next step's leader may update the same counter.
+      __syncwarp();
+    }
   }
   return invalid;
 }
 
 // Zeroes this warp's row of `num_experts` 16-bit counters, two per 32-bit store (rows start
-// 4-byte aligned, and the row stride leaves room past an odd count).
+// 4-byte aligned, and the row stride leaves room past an odd count): one store per lane up to 64
+// experts, else a loop, unrolled by 4 when kUnrolled. Measured (H200): unrolled, one-block small
+// shapes gain up to 0.15 us at E = 1024; the clustered ones at E = 1024 and the large variant at
+// E = 128 lose 0.1-0.3 us, so they keep the loop rolled.
+template <bool kUnrolled>
 __device__ __forceinline__ void zero_warp_row(std::uint16_t* row, int num_experts) {
   auto* words = reinterpret_cast<std::uint32_t*>(row);
   const int num_words = (num_experts + 1) >> 1;
+  const int lane = threadIdx.x % kWarp;
+  if (num_words <= kWarp) {
+    if (lane < num_words) words[lane] = 0;
+  } else if constexpr (kUnrolled) {
+#pragma unroll 4
+    for (int i = lane; i < num_words; i += kWarp) words[i] = 0;
+  } else {
 #pragma unroll 1
-  for (int i = threadIdx.x % kWarp; i < num_words; i += kWarp) words[i] = 0;
+    for (int i = lane; i < num_words; i += kWarp) words[i] = 0;
+  }
   __syncwarp();
 }
 

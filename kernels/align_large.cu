@@ -273,9 +273,10 @@ __global__ void __launch_bounds__(kThreads) align_scatter_kernel(const AlignPara
   // rows into prefixes. A slot's rank depends only on the slots before it, so the ranks
   // of the slots below the count are exact whatever lies past it (those are never scattered).
   std::uint16_t* row = rows + warp * row_stride(p.num_experts);
-  zero_warp_row(row, p.num_experts);
+  zero_warp_row<false>(row, p.num_experts);
   WarpSlots<kItems> slots;
-  rank_warp_slots<kItems>(p, first, capacity_numel, ids, row, slots);
+  // Matching every item against the others: ahead up to 4 slots per thread here (docs/KERNELS.md).
+  rank_warp_slots<kItems, (kItems <= 4)>(p, first, capacity_numel, ids, row, slots);
   __syncthreads();  // rows complete
   // Stage the chunk sorted by expert (stable): slot s of expert e goes to entry local_start[e] +
   // (earlier in its warp) + (in earlier warps), so that after the wait consecutive threads write

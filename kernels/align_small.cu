@@ -92,8 +92,11 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
   WarpSlots<kItems> slots;
   if (ranks) {
     std::uint16_t* row = rows + warp * row_stride(p.num_experts);
-    zero_warp_row(row, p.num_experts);
-    const int invalid = rank_warp_slots<kItems>(p, first, numel, start.ids, row, slots);
+    zero_warp_row<!kClustered>(row, p.num_experts);
+    // Matching every item against the others: ahead in one-block shapes up to 2 items per thread,
+    // behind with 4 and in clusters (docs/KERNELS.md).
+    constexpr bool kCross = kItems <= 2 && !kClustered;
+    const int invalid = rank_warp_slots<kItems, kCross>(p, first, numel, start.ids, row, slots);
     if (lane == 0) warp_invalid[warp] = invalid;
   }
   __syncthreads();  // every row complete

@@ -37,15 +37,15 @@ struct SmallShapeRule {
   SmallShape shape;
 };
 // Measured (`variant_bench shapes`, H200, docs/BENCHMARKS.md): up to 128 slots one block with
-// as many warps that only fill as rank (E 256: 128 x 1 + 128 2.22 us against 2.45 for 128 x 1;
-// E 1024: 3.41 against 4.05 for 256 x 2), at 129-512 slots fill warps only past 512 experts
-// (E 1024: 256 x 2 + 256 3.85 against 4.30; level at E 512, behind below), clusters of 8 from 1025
-// slots for E <= 512 and from 2049 for E <= 1024 (E 1024 at 4096 slots: 512 x 1 x 8 6.45 us,
-// 1024 x 4 x 1 8.91); E past 1024 keeps the shapes without fill warps or clusters, not measured
-// against them.
+// as many warps that only fill as rank (E 256: 128 x 1 + 128 2.11 us against 2.43 for 128 x 1;
+// E 1024: 3.34 against 3.96 for 256 x 2), at 129-512 slots 128 fill threads up to 256 experts
+// (E 256 at 512 slots: 2.61 against 2.65 without and 2.73 with 256; level at E 8) and 256 past
+// them (E 512: 2.93 against 3.04 without), clusters of 8 from 1025 slots for E <= 512 and from
+// 2049 for E <= 1024 (E 1024 at 4096 slots: 512 x 1 x 8 6.45 us, 1024 x 4 x 1 8.89); E past 1024
+// keeps the shapes without fill warps or clusters, not measured against them.
 inline constexpr SmallShapeRule kSmallShapeRules[] = {
     {128, 1024, {128, 1, 1, 128}},
-    {512, 512, {256, 2, 1}},
+    {512, 256, {256, 2, 1, 128}},
     {512, 1024, {256, 2, 1, 256}},
     {512, kSmallMaxExperts, {256, 2, 1}},
     {1024, 512, {256, 1, 4}},
