@@ -36,14 +36,16 @@ struct SmallShapeRule {
   int max_experts;
   SmallShape shape;
 };
-// Measured (`variant_bench shapes`, H200, docs/BENCHMARKS.md): up to 128 slots one block with
-// as many warps that only fill as rank (E 256: 128 x 1 + 128 2.11 us against 2.43 for 128 x 1;
-// E 1024: 3.34 against 3.96 for 256 x 2), at 129-512 slots 128 fill threads up to 256 experts
-// (E 256 at 512 slots: 2.61 against 2.65 without and 2.73 with 256; level at E 8) and 256 past
-// them (E 512: 2.93 against 3.04 without), clusters of 8 from 1025 slots for E <= 512 and from
-// 2049 for E <= 1024 (E 1024 at 4096 slots: 512 x 1 x 8 6.45 us, 1024 x 4 x 1 8.89); E past 1024
-// keeps the shapes without fill warps or clusters, not measured against them.
+// Measured (`variant_bench shapes`, H200, 2026-12-02 04:50Z, docs/BENCHMARKS.md): up to 128 slots
+// one block with half as many fill threads as ranking ones up to 128 experts (E 64: 128 x 1 + 64
+// 2.06 us, + 128 2.08, none 2.14) and as many past them (E 256: + 128 2.14, + 64 2.33, none 2.42;
+// E 1024: + 128 3.23 against 3.90 for 256 x 2), at 129-512 slots 128 fill threads up to 256 experts
+// (E 256 at 512 slots: 2.62 against 2.68 without and 2.74 with 256; E 8 2.35 against 2.37) and 256
+// past them (E 512: 2.90 against 3.02 without), clusters of 4 at 513-1024 slots and of 8 from 1025
+// for E <= 512 and from 2049 for E <= 1024 (E 1024 at 4096 slots: 512 x 1 x 8 6.49 us, 1024 x 4 x 1
+// 8.79); E past 1024 keeps the shapes without fill warps or clusters, not measured against them.
 inline constexpr SmallShapeRule kSmallShapeRules[] = {
+    {128, 128, {128, 1, 1, 64}},
     {128, 1024, {128, 1, 1, 128}},
     {512, 256, {256, 2, 1, 128}},
     {512, 1024, {256, 2, 1, 256}},
@@ -72,12 +74,14 @@ static_assert(small_rules_hold_their_steps());
 // Shapes of the large variant, for steps of up to max_numel slots over up to max_experts experts
 // (the first rule that holds; past them all, 8 slots per thread and 3 kernels): slots per thread
 // (2, 4 or 8) and kernels (2: the scatter kernel adds up the count kernel's cluster totals
-// itself; 3: a prefix kernel scans them first). Measured (`variant_bench large`, H200,
-// docs/BENCHMARKS.md): two kernels are ahead while a thread adds up few totals (clusters x
-// experts per thread), as 16384 x 256 x 8 shows (4 slots per thread: 7.28 us with two kernels,
-// 7.78 with three), and fall behind steeply past that (E 1024 at 131072 slots: 15.67 against
-// 12.81), since a thread adds up its experts one after another; more slots per thread (fewer,
-// fuller blocks) win as the step or E grows, since every block handles all E experts.
+// itself; 3: a prefix kernel scans them first). Measured (`variant_bench large`, H200, 2026-12-02
+// 04:50Z, docs/BENCHMARKS.md): two kernels are ahead while a thread adds up few totals (clusters
+// x experts per thread), as 16384 x 256 x 8 shows (4 slots per thread: 7.22 us with two kernels,
+// 7.64 with three), and fall behind steeply past that (E 1024 at 131072 slots, 4 slots per
+// thread: 16.03 against 11.74), since a thread adds up its experts one after another; more slots
+// per thread (fewer, fuller blocks, so fewer totals) win as the step or E grows, since every
+// block handles all E experts (E 1024 at 131072 slots: 8 x 2 11.23; E 256 at 262144: 8 x 2 9.25
+// against 9.66 for 4 x 3).
 struct LargeShapeRule {
   std::int64_t max_numel;
   int max_experts;
@@ -85,8 +89,9 @@ struct LargeShapeRule {
   int kernels;
 };
 inline constexpr LargeShapeRule kLargeShapeRules[] = {
-    {32768, 1024, 2, 2}, {8192, 2048, 2, 2},  {8192, 4096, 4, 2},   {131072, 256, 4, 2},
-    {65536, 1024, 4, 2}, {131072, 512, 8, 2}, {262144, 1024, 4, 3}, {65536, 4096, 4, 3}};
+    {32768, 1024, 2, 2},  {8192, 2048, 2, 2},  {8192, 4096, 4, 2},  {131072, 256, 4, 2},
+    {65536, 1024, 4, 2},  {131072, 512, 8, 2}, {262144, 256, 8, 2}, {131072, 1024, 8, 2},
+    {262144, 1024, 4, 3}, {65536, 4096, 4, 3}};
 // The forms the large variant is built for (its launcher refuses others).
 constexpr bool large_rules_are_built() {
   for (const LargeShapeRule& rule : kLargeShapeRules) {
