@@ -196,18 +196,17 @@ __device__ __forceinline__ void zero_warp_row(std::uint16_t* row, int num_expert
   __syncwarp();
 }
 
-// rows[w][e] -> exclusive prefix over the kWarps warps w, for experts e = begin, begin + step,
-// ... < end; writes totals[e] when non-null (int, or 16-bit where the totals fit). A thread per
-// expert walks the warps (measured faster than a warp-per-expert shuffle scan, which serializes
-// E / warps experts per warp when the block has few warps), with all of an expert's loads issued
-// before its stores. Call after a barrier that follows every warp's rank_warp_slots; rows are
-// row_stride(E) apart.
+// rows[w][e] -> exclusive prefix over the kWarps warps w, for experts e in [begin, end); writes
+// totals[e] (int, or 16-bit where the totals fit). A thread per expert walks the warps (measured
+// faster than a warp-per-expert shuffle scan, which serializes E / warps experts per warp when
+// the block has few warps), with all of an expert's loads issued before its stores. Call after a
+// barrier that follows every warp's rank_warp_slots; rows are row_stride(E) apart.
 template <int kWarps, typename Total>
 __device__ __forceinline__ void warp_rows_to_prefix(std::uint16_t* rows, int num_experts, int begin,
-                                                    int end, int step, Total* totals) {
+                                                    int end, Total* totals) {
   const int stride = row_stride(num_experts);
 #pragma unroll 1
-  for (int e = begin; e < end; e += step) {
+  for (int e = begin; e < end; ++e) {
     int counts[kWarps];
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) counts[w] = rows[w * stride + e];
@@ -217,7 +216,7 @@ __device__ __forceinline__ void warp_rows_to_prefix(std::uint16_t* rows, int num
       rows[w * stride + e] = static_cast<std::uint16_t>(run);
       run += counts[w];
     }
-    if (totals != nullptr) totals[e] = static_cast<Total>(run);
+    totals[e] = static_cast<Total>(run);
   }
 }
 
@@ -248,11 +247,16 @@ using ScanStorage = typename BlockScanInt<kThreads>::TempStorage;
 template <int kThreads, typename Size>
 __device__ __forceinline__ int scan_experts(const ExpertRun<kThreads>& run, Size size, int* out,
                                             ScanStorage<kThreads>& temp) {
+  // The loops stay rolled: a thread has one expert or a few, and unrolled the compiler adds ~20
+  // instructions of setup per loop at decode (SASS, H200); measured level in time (within 0.01 us
+  // of the unrolled form at every variant_bench point, 05:33Z).
   int local = 0;
+#pragma unroll 1
   for (int e = run.first; e < run.last; ++e) local += size(e);
   int next = 0;
   int total = 0;
   BlockScanInt<kThreads>(temp).ExclusiveSum(local, next, total);
+#pragma unroll 1
   for (int e = run.first; e < run.last; ++e) {
     const int here = size(e);
     out[e] = next;

@@ -282,7 +282,7 @@ __global__ void __launch_bounds__(kThreads) align_scatter_kernel(const AlignPara
   // (earlier in its warp) + (in earlier warps), so that after the wait consecutive threads write
   // runs of consecutive output entries instead of one scattered entry each.
   const ExpertRun<kThreads> run(p.num_experts);
-  warp_rows_to_prefix<kWarps>(rows, p.num_experts, run.first, run.last, 1, local_start);
+  warp_rows_to_prefix<kWarps>(rows, p.num_experts, run.first, run.last, local_start);
   const int staged_total = scan_experts<kThreads>(
       run, [&](int e) { return local_start[e]; }, local_start, scan_temp);
   __syncthreads();  // local starts complete, scan storage free

@@ -106,11 +106,11 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
   const ExpertRun<kBlockThreads> run(p.num_experts);
   if constexpr (kClustered) {
     std::uint16_t* own_row = cluster_counts + member * cluster_stride;
-    warp_rows_to_prefix<kWarps>(rows, p.num_experts, run.first, run.last, 1, own_row);
+    warp_rows_to_prefix<kWarps>(rows, p.num_experts, run.first, run.last, own_row);
     // The row's padding is copied with it: define it.
     if (threadIdx.x < cluster_stride - p.num_experts) own_row[p.num_experts + threadIdx.x] = 0;
   } else {
-    warp_rows_to_prefix<kWarps>(rows, p.num_experts, run.first, run.last, 1, counts);
+    warp_rows_to_prefix<kWarps>(rows, p.num_experts, run.first, run.last, counts);
   }
   // The last thread of each block sums the block's invalid ids (block 0's is the grid's total
   // outside a cluster).
