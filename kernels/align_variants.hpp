@@ -80,8 +80,9 @@ static_assert(small_rules_hold_their_steps());
 // 7.64 with three), and fall behind steeply past that (E 1024 at 131072 slots, 4 slots per
 // thread: 16.03 against 11.74), since a thread adds up its experts one after another; more slots
 // per thread (fewer, fuller blocks, so fewer totals) win as the step or E grows, since every
-// block handles all E experts (E 1024 at 131072 slots: 8 x 2 11.23; E 256 at 262144: 8 x 2 9.25
-// against 9.66 for 4 x 3).
+// block handles all E experts (E 256 at 262144 slots: 8 x 2 9.25 and 8.91 us in two runs against
+// 9.66 and 9.47 for 4 x 3). E 1024 at 131072 slots keeps 4 x 3: 8 x 2 took 11.23 us in one run
+// and 14.01 in the next (4 x 3 11.74 and 11.68).
 struct LargeShapeRule {
   std::int64_t max_numel;
   int max_experts;
@@ -89,9 +90,9 @@ struct LargeShapeRule {
   int kernels;
 };
 inline constexpr LargeShapeRule kLargeShapeRules[] = {
-    {32768, 1024, 2, 2},  {8192, 2048, 2, 2},  {8192, 4096, 4, 2},  {131072, 256, 4, 2},
-    {65536, 1024, 4, 2},  {131072, 512, 8, 2}, {262144, 256, 8, 2}, {131072, 1024, 8, 2},
-    {262144, 1024, 4, 3}, {65536, 4096, 4, 3}};
+    {32768, 1024, 2, 2}, {8192, 2048, 2, 2},   {8192, 4096, 4, 2},
+    {131072, 256, 4, 2}, {65536, 1024, 4, 2},  {131072, 512, 8, 2},
+    {262144, 256, 8, 2}, {262144, 1024, 4, 3}, {65536, 4096, 4, 3}};
 // The forms the large variant is built for (its launcher refuses others).
 constexpr bool large_rules_are_built() {
   for (const LargeShapeRule& rule : kLargeShapeRules) {
