@@ -83,6 +83,25 @@ __host__ __device__ constexpr int row_stride(int num_experts) {
   return (num_experts + 3) / 4 * 4 + 2;
 }
 
+// From same[j][i], the lanes whose item i holds the key of this lane's item j (slots in item-major
+// order, slot = 32 * item + lane): `before`, the earlier slots with the key of item j, and
+// `total`, the slots with that key in the warp.
+struct MaskRank {
+  int before;
+  int total;
+};
+template <int kItems>
+__device__ __forceinline__ MaskRank rank_in_masks(const unsigned (&same)[kItems][kItems], int j) {
+  const unsigned lanes_below = (1u << (threadIdx.x % kWarp)) - 1u;
+  MaskRank r{__popc(same[j][j] & lanes_below), __popc(same[j][j])};
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    if (i < j) r.before += __popc(same[j][i]);
+    if (i != j) r.total += __popc(same[j][i]);
+  }
+  return r;
+}
+
 // Ranks the warp's slots in slot order. `row` is this warp's private row of per-expert counters
 // (zeroed by the caller); on return row[e] counts the warp's slots of expert e. Returns the
 // number of slots whose id was outside [0, E) (same value in every lane).
@@ -143,16 +162,10 @@ __device__ __forceinline__ int rank_warp_slots(const AlignParams& p, std::int64_
   if constexpr (kCross) {
 #pragma unroll
     for (int j = 0; j < kItems; ++j) {
-      int before = __popc(same[j][j] & lanes_below);
-      int total = __popc(same[j][j]);
-#pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        if (i < j) before += __popc(same[j][i]);
-        if (i != j) total += __popc(same[j][i]);
-      }
-      slots.rank[j] = before;
+      const MaskRank r = rank_in_masks<kItems>(same, j);
+      slots.rank[j] = r.before;
       const int expert = slots.expert[j];
-      if (before == 0 && expert >= 0) row[expert] = static_cast<std::uint16_t>(total);
+      if (r.before == 0 && expert >= 0) row[expert] = static_cast<std::uint16_t>(r.total);
     }
   } else {
 #pragma unroll

@@ -73,20 +73,13 @@ __device__ __forceinline__ int rank_in_registers(const AlignParams& p,
       less[j][i] &= counted[i];
     }
   }
-  const unsigned lanes_below = (1u << lane) - 1u;
   int any_blocks = 0;
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
-    int before = __popc(same[j][j] & lanes_below);
-    int total = __popc(same[j][j]);
-#pragma unroll
-    for (int i = 0; i < kItems; ++i) {
-      if (i < j) before += __popc(same[j][i]);
-      if (i != j) total += __popc(same[j][i]);
-    }
-    s.rank[j] = before;
-    s.count[j] = total;
-    s.blocks[j] = (s.key[j] >= 0 && before == 0) ? segment_blocks(p, total) : 0;
+    const MaskRank r = rank_in_masks<kItems>(same, j);
+    s.rank[j] = r.before;
+    s.count[j] = r.total;
+    s.blocks[j] = (s.key[j] >= 0 && r.before == 0) ? segment_blocks(p, r.total) : 0;
     s.start[j] = 0;
     any_blocks |= s.blocks[j];
   }
