@@ -81,8 +81,8 @@ static_assert(small_rules_hold_their_steps());
 // thread: 16.03 against 11.74), since a thread adds up its experts one after another; more slots
 // per thread (fewer, fuller blocks, so fewer totals) win as the step or E grows, since every
 // block handles all E experts (E 256 at 262144 slots: 8 x 2 9.25 and 8.91 us in two runs against
-// 9.66 and 9.47 for 4 x 3). E 1024 at 131072 slots keeps 4 x 3: 8 x 2 took 11.23 us in one run
-// and 14.01 in the next (4 x 3 11.74 and 11.68).
+// 9.66 and 9.47 for 4 x 3; E below 128 not measured at those sizes). E 1024 at 131072 slots
+// keeps 4 x 3: 8 x 2 took 11.23 us in one run and 14.01 in the next (4 x 3 11.74 and 11.68).
 struct LargeShapeRule {
   std::int64_t max_numel;
   int max_experts;

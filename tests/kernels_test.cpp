@@ -600,7 +600,8 @@ TEST_CASE("the planner picks one kernel for decode shapes") {
     }
   }
   CHECK(mk::plan_align(std::int64_t{1} << 20, 256, 64).variant == mk::AlignVariant::kLarge);
-  // Clusters share the ranking from 513 slots up to E = 512 (measured ahead there), not past it.
+  // Clusters share the ranking from 513 slots up to E = 512 and from 2049 up to E = 1024 (measured
+  // ahead there), not past 1024 experts.
   CHECK(mk::plan_align(512, 256, 64).cluster == 1);
   CHECK(mk::plan_align(513, 256, 64).cluster == 4);
   CHECK(mk::plan_align(4096, 512, 64).cluster == 8);
