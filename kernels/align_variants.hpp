@@ -25,10 +25,10 @@ struct SmallShape {
 // Every shape the kernel is built for: the planner's, and the others variant_bench
 // compares them with.
 inline constexpr SmallShape kSmallShapes[] = {
-    {128, 1, 1},      {128, 1, 1, 64}, {128, 1, 1, 128}, {256, 2, 1},  {256, 2, 1, 128},
-    {256, 2, 1, 256}, {512, 4, 1},     {1024, 4, 1},     {1024, 8, 1}, {1024, 16, 1},
-    {256, 1, 4},      {128, 2, 4},     {256, 2, 4},      {256, 1, 8},  {256, 2, 8},
-    {512, 1, 8},      {512, 2, 8},     {512, 4, 8}};
+    {128, 1, 1},      {128, 1, 1, 64}, {128, 1, 1, 128}, {256, 2, 1}, {256, 2, 1, 128},
+    {256, 2, 1, 256}, {256, 4, 1},     {256, 4, 1, 256}, {512, 4, 1}, {1024, 4, 1},
+    {1024, 8, 1},     {1024, 16, 1},   {256, 1, 4},      {128, 2, 4}, {256, 2, 4},
+    {256, 1, 8},      {256, 2, 8},     {512, 1, 8},      {512, 2, 8}, {512, 4, 8}};
 // The planner's shape for steps of up to max_numel slots over up to max_experts experts (the first
 // rule that holds).
 struct SmallShapeRule {
@@ -41,16 +41,22 @@ struct SmallShapeRule {
 // 2.06 us, + 128 2.08, none 2.14) and as many past them (E 256: + 128 2.14, + 64 2.33, none 2.42;
 // E 1024: + 128 3.23 against 3.90 for 256 x 2), at 129-512 slots 128 fill threads up to 256 experts
 // (E 256 at 512 slots: 2.62 against 2.68 without and 2.74 with 256; E 8 2.35 against 2.37) and 256
-// past them (E 512: 2.90 against 3.02 without), clusters of 4 at 513-1024 slots and of 8 from 1025
-// for E <= 512 and from 2049 for E <= 1024 (E 1024 at 4096 slots: 512 x 1 x 8 6.49 us, 1024 x 4 x 1
-// 8.79); E past 1024 keeps the shapes without fill warps or clusters, not measured against them.
+// past them (E 512: 2.90 against 3.02 without), clusters of 8 from 1025 slots for E <= 512 and from
+// 2049 for E <= 1024 (E 1024 at 4096 slots: 512 x 1 x 8 6.49 us, 1024 x 4 x 1 8.79); E past 1024
+// keeps the shapes without fill warps or clusters, not measured against them. At 513-1024 slots one
+// block of 256 x 4 (8 warps; 06:37Z and 06:40Z runs): E 8 2.68-2.70 us against 2.86-2.87 for
+// 256 x 1 x 4 and 2.76-2.77 for 512 x 2 (16 warps), E 256 2.96-2.98 against 3.06-3.07 and 3.12,
+// E 512 3.34-3.35 against 3.42-3.43; at E 1024 with 256 fill threads 3.91 against 4.06 for 512 x 2
+// and 4.63 for 512 x 4. At 2048 slots 256 x 8 lost to the clusters (E 256: 3.77-3.79 against
+// 3.24-3.25).
 inline constexpr SmallShapeRule kSmallShapeRules[] = {
     {128, 128, {128, 1, 1, 64}},
     {128, 1024, {128, 1, 1, 128}},
     {512, 256, {256, 2, 1, 128}},
     {512, 1024, {256, 2, 1, 256}},
     {512, kSmallMaxExperts, {256, 2, 1}},
-    {1024, 512, {256, 1, 4}},
+    {1024, 512, {256, 4, 1}},
+    {1024, 1024, {256, 4, 1, 256}},
     {2048, 512, {256, 1, 8}},
     {4096, 512, {256, 2, 8}},
     {8192, 512, {512, 2, 8}},

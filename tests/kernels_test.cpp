@@ -266,7 +266,8 @@ TEST_CASE("the small variant is exact in every block and cluster shape it is bui
                               Routing::kZipf, Routing::kOneNonEmpty};
   int checked = 0;
   for (const mk::SmallShape& shape : mk::kSmallShapes) {
-    for (const int experts : {1, 8, 257, 2048}) {
+    // 64 and 65: a warp zeroes its counter row with one store per lane up to 64 experts.
+    for (const int experts : {1, 8, 64, 65, 257, 2048}) {
       for (const int block : {1, 64}) {
         const int top_k = experts == 1 ? 1 : 8;
         const int capacity = static_cast<int>(shape.capacity() / top_k);
@@ -288,7 +289,7 @@ TEST_CASE("the small variant is exact in every block and cluster shape it is bui
     }
   }
   MESSAGE("checked " << checked << " runs");
-  CHECK(checked == 32 * static_cast<int>(std::size(mk::kSmallShapes)));
+  CHECK(checked == 48 * static_cast<int>(std::size(mk::kSmallShapes)));
 }
 
 TEST_CASE("the large variant is exact with two kernels and with three, at 2, 4 and 8 slots") {
@@ -456,15 +457,20 @@ TEST_CASE("expert_map drop and map_after modes match the reference") {
   for (const auto mode : {md::ExpertMapMode::kDrop, md::ExpertMapMode::kMapAfter}) {
     const md::ExpertMap map = md::split_experts(256, 1, 4, mode);
     for (const mk::AlignVariant variant : kAllVariants) {
-      // 4 tokens: the tiny variant at one slot per lane; 1024: each variant at its largest here.
-      for (const int wanted : {4, 1024}) {
+      // Slots per lane or thread, where the dropped experts pass through the matching of each
+      // slot against the others: 4 tokens one (tiny and small), 8 two (tiny), 64 two (small);
+      // 1024: each variant at its largest here.
+      int previous = -1;
+      for (const int wanted : {4, 8, 64, 1024}) {
         const int capacity = capacity_for(variant, wanted, 8);
+        if (capacity == previous) continue;  // the tiny variant stops at 8 tokens of top-8
+        previous = capacity;
         Harness h(capacity, 256, 8, 64, false, variant, &map);
         // The count in device memory and as a kernel parameter (the tiny variant writes the
         // blocks below the tail's bound on different paths).
         for (const bool parameter : {false, true}) {
           h.use_parameter_count(parameter);
-          for (const int tokens : {0, 1, 3, 8, 100, 1024}) {
+          for (const int tokens : {0, 1, 3, 8, 64, 100, 1024}) {
             if (tokens > capacity) continue;
             INFO(name(variant) << " mode=" << md::to_string(mode) << " capacity=" << capacity
                                << " tokens=" << tokens << " count as parameter=" << parameter);
@@ -600,10 +606,13 @@ TEST_CASE("the planner picks one kernel for decode shapes") {
     }
   }
   CHECK(mk::plan_align(std::int64_t{1} << 20, 256, 64).variant == mk::AlignVariant::kLarge);
-  // Clusters share the ranking from 513 slots up to E = 512 and from 2049 up to E = 1024 (measured
-  // ahead there), not past 1024 experts.
-  CHECK(mk::plan_align(512, 256, 64).cluster == 1);
-  CHECK(mk::plan_align(513, 256, 64).cluster == 4);
+  // One block of 256 x 4 takes 513-1024 slots (256 fill threads more past 512 experts); clusters
+  // share the ranking from 1025 slots up to E = 512 and from 2049 up to E = 1024 (measured ahead
+  // there), not past 1024 experts.
+  const mk::AlignPlan four = mk::plan_align(513, 512, 64);
+  CHECK((four.cluster == 1 && four.threads == 256 && four.items == 4 && four.fill_threads == 0));
+  CHECK(mk::plan_align(1024, 513, 64).fill_threads == 256);
+  CHECK(mk::plan_align(1025, 512, 64).cluster == 8);
   CHECK(mk::plan_align(4096, 512, 64).cluster == 8);
   CHECK(mk::plan_align(2048, 1024, 64).cluster == 1);
   CHECK(mk::plan_align(2049, 1024, 64).cluster == 8);
