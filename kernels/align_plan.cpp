@@ -18,12 +18,14 @@ AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size,
 }
 
 namespace {
-// Decode-sized steps take one kernel launch (one graph node): up to 8192 slots for E <= 1024,
-// up to 4096 for E <= 2048. Measured (bench/variant_bench, docs/BENCHMARKS.md, H200): the
-// one-kernel variant's clustered shapes are ahead of the large variant at 8192 slots for every E
-// measured up to 1024 (E = 256: 4.18 against 4.93 us; E = 1024: 7.34 against 7.82) and level or
-// behind at 16384 (E = 256: 5.09 against 5.08; E = 1024: 9.37 against 7.99); past 1024 experts
-// the one-block shapes at 4096 slots are the ones measured.
+// Steps take one kernel launch (one graph node) up to 16384 slots for E <= 512, up to 8192 for
+// E <= 1024 and up to 4096 for E <= 2048. Measured (bench/variant_bench, docs/BENCHMARKS.md,
+// H200): the one-kernel variant's clustered shapes are ahead of the large variant at 8192 slots for
+// every E measured up to 1024 (E = 256: 3.92 against 4.94 us; E = 1024: 7.02 against 7.83) and at
+// 16384 up to E = 512 with 256 x 8 x 8 (E = 128: 4.63 against 4.85; E = 512: 5.27 against 5.60),
+// behind there at E = 1024 (8.22 against 7.92); past 1024 experts the one-block shapes at 4096
+// slots are the ones measured.
+constexpr int kSmallMaxExpertsAtMaxNumel = 512;  // for numel up to kSmallMaxNumel
 constexpr std::int64_t kSmallMaxDecodeNumel = 8192;
 constexpr int kSmallMaxDecodeExperts = 1024;
 constexpr std::int64_t kSmallMaxWideNumel = 4096;  // for E up to kSmallMaxExperts
@@ -36,7 +38,8 @@ AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size) {
   if (max_numel <= kTinyMaxNumel) {
     return plan_align(max_numel, num_experts, block_size, AlignVariant::kTiny);
   }
-  const bool small = (max_numel <= kSmallMaxDecodeNumel && num_experts <= kSmallMaxDecodeExperts) ||
+  const bool small = (max_numel <= kSmallMaxNumel && num_experts <= kSmallMaxExpertsAtMaxNumel) ||
+                     (max_numel <= kSmallMaxDecodeNumel && num_experts <= kSmallMaxDecodeExperts) ||
                      (max_numel <= kSmallMaxWideNumel && num_experts <= kSmallMaxExperts);
   return plan_align(max_numel, num_experts, block_size,
                     small ? AlignVariant::kSmall : AlignVariant::kLarge);

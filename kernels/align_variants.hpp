@@ -25,10 +25,12 @@ struct SmallShape {
 // Every shape the kernel is built for: the planner's, and the others variant_bench
 // compares them with.
 inline constexpr SmallShape kSmallShapes[] = {
-    {128, 1, 1},      {128, 1, 1, 64}, {128, 1, 1, 128}, {256, 2, 1}, {256, 2, 1, 128},
-    {256, 2, 1, 256}, {256, 4, 1},     {256, 4, 1, 256}, {512, 4, 1}, {1024, 4, 1},
-    {1024, 8, 1},     {1024, 16, 1},   {256, 1, 4},      {128, 2, 4}, {256, 2, 4},
-    {256, 1, 8},      {256, 2, 8},     {512, 1, 8},      {512, 2, 8}, {512, 4, 8}};
+    {128, 1, 1},      {128, 1, 1, 64}, {128, 1, 1, 128}, {128, 2, 1, 64},  {128, 2, 1, 128},
+    {128, 2, 1, 256}, {256, 2, 1},     {256, 2, 1, 128}, {256, 2, 1, 256}, {256, 4, 1},
+    {256, 4, 1, 256}, {512, 4, 1},     {1024, 4, 1},     {1024, 8, 1},     {1024, 16, 1},
+    {256, 1, 4},      {128, 2, 4},     {256, 2, 4},      {256, 4, 4},      {256, 1, 8},
+    {256, 2, 8},      {512, 1, 8},     {512, 2, 8},      {256, 4, 8},      {512, 4, 8},
+    {256, 8, 8}};
 // The planner's shape for steps of up to max_numel slots over up to max_experts experts (the first
 // rule that holds).
 struct SmallShapeRule {
@@ -36,22 +38,34 @@ struct SmallShapeRule {
   int max_experts;
   SmallShape shape;
 };
-// Measured (`variant_bench shapes`, H200, 2026-12-02 04:50Z, docs/BENCHMARKS.md): up to 128 slots
-// one block with half as many fill threads as ranking ones up to 128 experts (E 64: 128 x 1 + 64
-// 2.06 us, + 128 2.08, none 2.14) and as many past them (E 256: + 128 2.14, + 64 2.33, none 2.42;
-// E 1024: + 128 3.23 against 3.90 for 256 x 2), at 129-512 slots 128 fill threads up to 256 experts
-// (E 256 at 512 slots: 2.62 against 2.68 without and 2.74 with 256; E 8 2.35 against 2.37) and 256
-// past them (E 512: 2.90 against 3.02 without), clusters of 8 from 1025 slots for E <= 512 and from
-// 2049 for E <= 1024 (E 1024 at 4096 slots: 512 x 1 x 8 6.49 us, 1024 x 4 x 1 8.79); E past 1024
-// keeps the shapes without fill warps or clusters, not measured against them. At 513-1024 slots one
-// block of 256 x 4 (8 warps; 06:37Z and 06:40Z runs): E 8 2.68-2.70 us against 2.86-2.87 for
-// 256 x 1 x 4 and 2.76-2.77 for 512 x 2 (16 warps), E 256 2.96-2.98 against 3.06-3.07 and 3.12,
-// E 512 3.34-3.35 against 3.42-3.43; at E 1024 with 256 fill threads 3.91 against 4.06 for 512 x 2
-// and 4.63 for 512 x 4. At 2048 slots 256 x 8 lost to the clusters (E 256: 3.77-3.79 against
-// 3.24-3.25).
+// Measured (`variant_bench shapes`, H200, 2026-12-02, docs/BENCHMARKS.md; every pair below from one
+// run, and the same within 0.02 us in the next). Every ranking warp zeroes a counter row and the
+// prefix walks over the rows, so each range of steps takes the fewest ranking warps whose slots per
+// thread stay cheap:
+// - up to 128 slots 128 x 1, with 64 fill threads up to 128 experts and 128 past them (04:50Z:
+//   E 64 2.06 us against 2.08 with 128 and 2.14 without; E 256 2.14 against 2.33 with 64);
+// - 129-256 slots 128 x 2, with 64 fill threads up to E 128, 128 up to 512 and 256 past them
+//   (06:46Z: E 8 1.97 against 2.17 for 256 x 2 + 128; E 256 2.19 against 2.46; E 1024 3.17 against
+//   3.30 for 256 x 2 + 256);
+// - 257-512 slots 256 x 2, with 128 fill threads up to E 256 and 256 past them (04:50Z: E 256 2.62
+//   against 2.68 without and 2.74 with 256; E 512 2.90 against 3.02 without; 06:46Z: 128 x 4 + 128
+//   2.71 against 2.53 at E 256);
+// - 513-1024 slots 256 x 4, with 256 fill threads past E 512 (06:37Z: E 8 2.70 against 2.87 for
+//   clusters of 4 x 256 x 1 and 2.77 for 512 x 2; E 256 2.96 against 3.07 and 3.12; E 1024 3.91
+//   against 4.06 for 512 x 2, and 4.63 for 512 x 4 at 06:34Z);
+// - from 1025 slots clusters of 8 blocks of 256 threads for E <= 512, 1, 2, 4 and 8 slots per
+//   thread up to 2048, 4096, 8192 and 16384 slots (06:43Z, E 256: 8192 slots 3.92 against 4.15 for
+//   512 x 2 x 8; 16384 4.83 against 4.98 for 512 x 4 x 8; 06:40Z: 256 x 8 x 1 3.77 against 3.24 at
+//   2048); for E 513-1024 one block of 512 x 4 up to 2048 slots (4.82 against 5.56 for clusters of
+//   4 x 256 x 2), clusters of 4 x 256 x 4 up to 4096 (6.45 against 6.78 for 8 x 512 x 1), then of
+//   8 x 256 x 4 and 8 x 256 x 8 (8192 slots: 6.95 against 7.65 for 8 x 512 x 2);
+// - E past 1024 keeps the shapes without fill warps or clusters, not measured against them.
 inline constexpr SmallShapeRule kSmallShapeRules[] = {
     {128, 128, {128, 1, 1, 64}},
     {128, 1024, {128, 1, 1, 128}},
+    {256, 128, {128, 2, 1, 64}},
+    {256, 512, {128, 2, 1, 128}},
+    {256, 1024, {128, 2, 1, 256}},
     {512, 256, {256, 2, 1, 128}},
     {512, 1024, {256, 2, 1, 256}},
     {512, kSmallMaxExperts, {256, 2, 1}},
@@ -59,12 +73,12 @@ inline constexpr SmallShapeRule kSmallShapeRules[] = {
     {1024, 1024, {256, 4, 1, 256}},
     {2048, 512, {256, 1, 8}},
     {4096, 512, {256, 2, 8}},
-    {8192, 512, {512, 2, 8}},
-    {kSmallMaxNumel, 512, {512, 4, 8}},
+    {8192, 512, {256, 4, 8}},
+    {kSmallMaxNumel, 512, {256, 8, 8}},
     {2048, kSmallMaxExperts, {512, 4, 1}},
-    {4096, 1024, {512, 1, 8}},
-    {8192, 1024, {512, 2, 8}},
-    {kSmallMaxNumel, 1024, {512, 4, 8}},
+    {4096, 1024, {256, 4, 4}},
+    {8192, 1024, {256, 4, 8}},
+    {kSmallMaxNumel, 1024, {256, 8, 8}},
     {4096, kSmallMaxExperts, {1024, 4, 1}},
     {8192, kSmallMaxExperts, {1024, 8, 1}},
     {kSmallMaxNumel, kSmallMaxExperts, {1024, 16, 1}}};

@@ -606,23 +606,31 @@ TEST_CASE("the planner picks one kernel for decode shapes") {
     }
   }
   CHECK(mk::plan_align(std::int64_t{1} << 20, 256, 64).variant == mk::AlignVariant::kLarge);
-  // One block of 256 x 4 takes 513-1024 slots (256 fill threads more past 512 experts); clusters
-  // share the ranking from 1025 slots up to E = 512 and from 2049 up to E = 1024 (measured ahead
-  // there), not past 1024 experts.
+  // One block of 128 x 2 at 129-256 slots, of 256 x 4 at 513-1024 (256 fill threads more past 512
+  // experts); clusters share the ranking from 1025 slots up to E = 512 and from 2049 up to
+  // E = 1024 (measured ahead there), not past 1024 experts.
+  const mk::AlignPlan two = mk::plan_align(129, 1024, 64);
+  CHECK((two.cluster == 1 && two.threads == 128 && two.items == 2 && two.fill_threads == 256));
+  CHECK(mk::plan_align(256, 128, 64).fill_threads == 64);
+  CHECK(mk::plan_align(257, 128, 64).threads == 256);
   const mk::AlignPlan four = mk::plan_align(513, 512, 64);
   CHECK((four.cluster == 1 && four.threads == 256 && four.items == 4 && four.fill_threads == 0));
   CHECK(mk::plan_align(1024, 513, 64).fill_threads == 256);
   CHECK(mk::plan_align(1025, 512, 64).cluster == 8);
   CHECK(mk::plan_align(4096, 512, 64).cluster == 8);
   CHECK(mk::plan_align(2048, 1024, 64).cluster == 1);
-  CHECK(mk::plan_align(2049, 1024, 64).cluster == 8);
+  CHECK(mk::plan_align(2049, 1024, 64).cluster == 4);
+  CHECK(mk::plan_align(4097, 1024, 64).cluster == 8);
   CHECK(mk::plan_align(4096, 1025, 64).cluster == 1);
-  // One kernel up to 8192 slots for E <= 1024 (clusters measured ahead of the large variant
-  // there), up to 4096 for E <= 2048; the large variant above.
-  for (const int experts : {8, 256, 1024}) {
-    CHECK(mk::plan_align(8192, experts, 128).variant == mk::AlignVariant::kSmall);
-    CHECK(mk::plan_align(8193, experts, 128).variant == mk::AlignVariant::kLarge);
+  // One kernel up to 16384 slots for E <= 512 and up to 8192 for E <= 1024 (clusters measured ahead
+  // of the large variant there), up to 4096 for E <= 2048; the large variant above.
+  for (const int experts : {8, 512}) {
+    CHECK(mk::plan_align(16384, experts, 128).variant == mk::AlignVariant::kSmall);
+    CHECK(mk::plan_align(16385, experts, 128).variant == mk::AlignVariant::kLarge);
   }
+  CHECK(mk::plan_align(8192, 1024, 128).variant == mk::AlignVariant::kSmall);
+  CHECK(mk::plan_align(8193, 1024, 128).variant == mk::AlignVariant::kLarge);
+  CHECK(mk::plan_align(8193, 513, 128).variant == mk::AlignVariant::kLarge);
   CHECK(mk::plan_align(4096, 2048, 128).variant == mk::AlignVariant::kSmall);
   CHECK(mk::plan_align(4097, 2048, 128).variant == mk::AlignVariant::kLarge);
   CHECK(mk::plan_align(4097, 1025, 128).variant == mk::AlignVariant::kLarge);

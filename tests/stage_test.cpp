@@ -44,11 +44,11 @@ using md::test::poison;
 using md::test::run_and_compare;
 using md::test::small_config;
 
-// small_config() with a bucket of 16384 slots, which the large variant aligns (two kernels: its
+// small_config() with a bucket of 32768 slots, which the large variant aligns (two kernels: its
 // graph has a programmatic dependency edge): for the tests of graphs nested in the caller's.
 md::DispatchConfig two_variant_config() {
   md::DispatchConfig c = small_config();
-  c.buckets = {1, 8, 64, 256, 8192};
+  c.buckets = {1, 8, 64, 256, 16384};
   return c;
 }
 constexpr std::size_t kLargeBucket = 4;
@@ -215,7 +215,7 @@ TEST_CASE("run inside the caller's stream capture gives the same outputs when th
   MOE_DISPATCH_CUDA_CHECK(
       cudaMemcpy(stage.input(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
 
-  // 100 tokens: bucket 256, one kernel; 3000 tokens: bucket 8192, two kernels.
+  // 100 tokens: bucket 256, one kernel; 3000 tokens: bucket 16384, two kernels.
   for (const auto& [n, bucket] : {std::pair{100, std::size_t{3}}, std::pair{3000, kLargeBucket}}) {
     INFO("tokens " << n);
     MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal));
@@ -249,7 +249,7 @@ TEST_CASE("a bucket graph added as a child node gives the same outputs, host or 
       cudaMemcpy(stage.input(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
   const md::DispatchOutputs out = stage.run(0, stream.get());
 
-  // 150 tokens: bucket 256, one kernel; 3000 tokens: bucket 8192, two kernels.
+  // 150 tokens: bucket 256, one kernel; 3000 tokens: bucket 16384, two kernels.
   for (const auto& [n, max_tokens] : {std::pair{150, 256}, std::pair{3000, 4096}}) {
     md::DeviceBuffer<std::int32_t> d_count(1);
     MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(d_count.get(), &n, 4, cudaMemcpyHostToDevice));
@@ -515,7 +515,7 @@ TEST_CASE("a lazy stage inside the caller's global capture records the large var
       cudaMemcpy(stage.input(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
 
   MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal));
-  const md::DispatchOutputs inside = stage.run(3000, stream.get());  // bucket 8192: not captured
+  const md::DispatchOutputs inside = stage.run(3000, stream.get());  // bucket 16384: not captured
   cudaGraph_t captured = nullptr;
   MOE_DISPATCH_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &captured));
   md::Graph graph(captured);
