@@ -18,14 +18,15 @@ AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size,
 }
 
 namespace {
-// Steps take one kernel launch (one graph node) up to 16384 slots for E <= 512, up to 8192 for
+// Steps take one kernel launch (one graph node) up to 16384 slots for E 64-512, up to 8192 for
 // E <= 1024 and up to 4096 for E <= 2048. Measured (bench/variant_bench, docs/BENCHMARKS.md,
-// H200): the one-kernel variant's clustered shapes are ahead of the large variant at 8192 slots for
-// every E measured up to 1024 (E = 256: 3.92 against 4.94 us; E = 1024: 7.02 against 7.83) and at
-// 16384 up to E = 512 with 256 x 8 x 8 (E = 128: 4.63 against 4.85; E = 512: 5.27 against 5.60),
-// behind there at E = 1024 (8.22 against 7.92); past 1024 experts the one-block shapes at 4096
-// slots are the ones measured.
-constexpr int kSmallMaxExpertsAtMaxNumel = 512;  // for numel up to kSmallMaxNumel
+// H200, 2026-12-02): the one-kernel variant's clustered shapes are ahead of the large variant at
+// 8192 slots for every E measured up to 1024 (E = 256: 3.92 against 4.94 us; E = 1024: 7.02 against
+// 7.83) and at 16384 for E 64-512 with 256 x 8 x 8 (E = 64: 4.48 against 4.59; E = 512: 5.27
+// against 5.60), behind there at E = 8 (4.74 against 4.53) and E = 1024 (8.22 against 7.92); past
+// 1024 experts the one-block shapes at 4096 slots are the ones measured.
+constexpr int kSmallMinExpertsAtMaxNumel = 64;  // for numel up to kSmallMaxNumel
+constexpr int kSmallMaxExpertsAtMaxNumel = 512;
 constexpr std::int64_t kSmallMaxDecodeNumel = 8192;
 constexpr int kSmallMaxDecodeExperts = 1024;
 constexpr std::int64_t kSmallMaxWideNumel = 4096;  // for E up to kSmallMaxExperts
@@ -38,7 +39,8 @@ AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size) {
   if (max_numel <= kTinyMaxNumel) {
     return plan_align(max_numel, num_experts, block_size, AlignVariant::kTiny);
   }
-  const bool small = (max_numel <= kSmallMaxNumel && num_experts <= kSmallMaxExpertsAtMaxNumel) ||
+  const bool small = (max_numel <= kSmallMaxNumel && num_experts >= kSmallMinExpertsAtMaxNumel &&
+                      num_experts <= kSmallMaxExpertsAtMaxNumel) ||
                      (max_numel <= kSmallMaxDecodeNumel && num_experts <= kSmallMaxDecodeExperts) ||
                      (max_numel <= kSmallMaxWideNumel && num_experts <= kSmallMaxExperts);
   return plan_align(max_numel, num_experts, block_size,

@@ -622,14 +622,16 @@ TEST_CASE("the planner picks one kernel for decode shapes") {
   CHECK(mk::plan_align(2049, 1024, 64).cluster == 4);
   CHECK(mk::plan_align(4097, 1024, 64).cluster == 8);
   CHECK(mk::plan_align(4096, 1025, 64).cluster == 1);
-  // One kernel up to 16384 slots for E <= 512 and up to 8192 for E <= 1024 (clusters measured ahead
-  // of the large variant there), up to 4096 for E <= 2048; the large variant above.
-  for (const int experts : {8, 512}) {
+  // One kernel up to 16384 slots for E 64-512 and up to 8192 for E <= 1024 (clusters measured
+  // ahead of the large variant there), up to 4096 for E <= 2048; the large variant above.
+  for (const int experts : {64, 512}) {
     CHECK(mk::plan_align(16384, experts, 128).variant == mk::AlignVariant::kSmall);
     CHECK(mk::plan_align(16385, experts, 128).variant == mk::AlignVariant::kLarge);
   }
-  CHECK(mk::plan_align(8192, 1024, 128).variant == mk::AlignVariant::kSmall);
-  CHECK(mk::plan_align(8193, 1024, 128).variant == mk::AlignVariant::kLarge);
+  for (const int experts : {8, 63, 1024}) {
+    CHECK(mk::plan_align(8192, experts, 128).variant == mk::AlignVariant::kSmall);
+    CHECK(mk::plan_align(8193, experts, 128).variant == mk::AlignVariant::kLarge);
+  }
   CHECK(mk::plan_align(8193, 513, 128).variant == mk::AlignVariant::kLarge);
   CHECK(mk::plan_align(4096, 2048, 128).variant == mk::AlignVariant::kSmall);
   CHECK(mk::plan_align(4097, 2048, 128).variant == mk::AlignVariant::kLarge);
