@@ -43,7 +43,8 @@ struct SmallShapeRule {
 // prefix walks over the rows, so each range of steps takes the fewest ranking warps whose slots per
 // thread stay cheap:
 // - up to 128 slots 128 x 1, with 64 fill threads up to 128 experts and 128 past them (04:50Z:
-//   E 64 2.06 us against 2.08 with 128 and 2.14 without; E 256 2.14 against 2.33 with 64);
+//   E 64 2.06 us against 2.08 with 128 and 2.14 without; E 256 2.14 against 2.33 with 64; at
+//   06:50Z 128 was 0.01-0.03 ahead of 64 at E 8 and 64, within the spread between runs);
 // - 129-256 slots 128 x 2, with 64 fill threads up to E 128, 128 up to 512 and 256 past them
 //   (06:46Z: E 8 1.97 against 2.17 for 256 x 2 + 128; E 256 2.19 against 2.46; E 1024 3.17 against
 //   3.30 for 256 x 2 + 256);
@@ -56,9 +57,10 @@ struct SmallShapeRule {
 // - from 1025 slots clusters of 8 blocks of 256 threads for E <= 512, 1, 2, 4 and 8 slots per
 //   thread up to 2048, 4096, 8192 and 16384 slots (06:43Z, E 256: 8192 slots 3.92 against 4.15 for
 //   512 x 2 x 8; 16384 4.83 against 4.98 for 512 x 4 x 8; 06:40Z: 256 x 8 x 1 3.77 against 3.24 at
-//   2048); for E 513-1024 one block of 512 x 4 up to 2048 slots (4.82 against 5.56 for clusters of
-//   4 x 256 x 2), clusters of 4 x 256 x 4 up to 4096 (6.45 against 6.78 for 8 x 512 x 1), then of
-//   8 x 256 x 4 and 8 x 256 x 8 (8192 slots: 6.95 against 7.65 for 8 x 512 x 2);
+//   2048); for E 513-1024 one block of 512 x 4 up to 2048 slots (06:46Z: 4.82 against 5.56 for
+//   clusters of 4 x 256 x 2), clusters of 4 x 256 x 4 up to 4096 (06:43Z: 6.45 against 6.78 for
+//   8 x 512 x 1), then of 8 x 256 x 4 and 8 x 256 x 8 (8192 slots: 6.95 against 7.65 for
+//   8 x 512 x 2);
 // - E past 1024 keeps the shapes without fill warps or clusters, not measured against them.
 inline constexpr SmallShapeRule kSmallShapeRules[] = {
     {128, 128, {128, 1, 1, 64}},
