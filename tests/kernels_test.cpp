@@ -6,7 +6,6 @@
 #include <cstring>
 #include <random>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "kernels/align.hpp"
@@ -595,74 +594,4 @@ TEST_CASE("a count below the capacity aligns only the true count, never the capa
       }
     }
   }
-}
-
-TEST_CASE("the planner picks one kernel for decode shapes") {
-  for (const int experts : {8, 64, 128, 256}) {
-    for (const int numel : {1, 64, 65, 1024, 4096}) {
-      const mk::AlignPlan plan = mk::plan_align(numel, experts, 64);
-      CHECK(plan.kernels == 1);
-      CHECK(plan.variant == (numel <= 64 ? mk::AlignVariant::kTiny : mk::AlignVariant::kSmall));
-    }
-  }
-  CHECK(mk::plan_align(std::int64_t{1} << 20, 256, 64).variant == mk::AlignVariant::kLarge);
-  // One block of 128 x 2 at 129-256 slots, of 256 x 4 at 513-1024 (256 fill threads more past 512
-  // experts); clusters share the ranking from 1025 slots up to E = 512 and from 2049 up to
-  // E = 1024 (measured ahead there), not past 1024 experts.
-  const mk::AlignPlan two = mk::plan_align(129, 1024, 64);
-  CHECK((two.cluster == 1 && two.threads == 128 && two.items == 2 && two.fill_threads == 256));
-  CHECK(mk::plan_align(256, 128, 64).fill_threads == 64);
-  CHECK(mk::plan_align(257, 128, 64).threads == 256);
-  const mk::AlignPlan four = mk::plan_align(513, 512, 64);
-  CHECK((four.cluster == 1 && four.threads == 256 && four.items == 4 && four.fill_threads == 0));
-  CHECK(mk::plan_align(1024, 513, 64).fill_threads == 256);
-  CHECK(mk::plan_align(1025, 512, 64).cluster == 8);
-  CHECK(mk::plan_align(4096, 512, 64).cluster == 8);
-  CHECK(mk::plan_align(2048, 1024, 64).cluster == 1);
-  CHECK(mk::plan_align(2049, 1024, 64).cluster == 4);
-  CHECK(mk::plan_align(4097, 1024, 64).cluster == 8);
-  CHECK(mk::plan_align(4096, 1025, 64).cluster == 1);
-  // One kernel up to 16384 slots for E 64-512 and up to 8192 for E <= 1024 (clusters measured
-  // ahead of the large variant there), up to 4096 for E <= 2048; the large variant above.
-  for (const int experts : {64, 512}) {
-    CHECK(mk::plan_align(16384, experts, 128).variant == mk::AlignVariant::kSmall);
-    CHECK(mk::plan_align(16385, experts, 128).variant == mk::AlignVariant::kLarge);
-  }
-  for (const int experts : {8, 63, 1024}) {
-    CHECK(mk::plan_align(8192, experts, 128).variant == mk::AlignVariant::kSmall);
-    CHECK(mk::plan_align(8193, experts, 128).variant == mk::AlignVariant::kLarge);
-  }
-  CHECK(mk::plan_align(8193, 513, 128).variant == mk::AlignVariant::kLarge);
-  CHECK(mk::plan_align(4096, 2048, 128).variant == mk::AlignVariant::kSmall);
-  CHECK(mk::plan_align(4097, 2048, 128).variant == mk::AlignVariant::kLarge);
-  CHECK(mk::plan_align(4097, 1025, 128).variant == mk::AlignVariant::kLarge);
-  // The large variant's shape: the first rule of kLargeShapeRules that holds (slots per thread,
-  // kernels), on both sides of each rule's bounds; the count kernel runs in clusters of 8.
-  const auto shape = [](std::int64_t numel, int experts) {
-    const mk::AlignPlan plan = mk::plan_align(numel, experts, 64, mk::AlignVariant::kLarge);
-    CHECK(plan.cluster == 8);
-    CHECK(plan.grid % 8 == 0);
-    return std::pair{plan.items, plan.kernels};
-  };
-  CHECK(shape(32768, 1024) == std::pair{2, 2});
-  CHECK(shape(32769, 256) == std::pair{4, 2});
-  CHECK(shape(131072, 256) == std::pair{4, 2});  // 16384 tokens x top-8, DeepSeek-V3
-  CHECK(shape(131073, 256) == std::pair{8, 2});
-  CHECK(shape(131073, 257) == std::pair{4, 3});
-  CHECK(shape(65536, 1024) == std::pair{4, 2});
-  CHECK(shape(65537, 512) == std::pair{8, 2});
-  CHECK(shape(65537, 513) == std::pair{4, 3});
-  CHECK(shape(262144, 8) == std::pair{8, 2});
-  CHECK(shape(262144, 257) == std::pair{4, 3});
-  CHECK(shape(262145, 8) == std::pair{8, 3});
-  CHECK(shape(8192, 2048) == std::pair{2, 2});
-  CHECK(shape(8192, 2049) == std::pair{4, 2});
-  CHECK(shape(8193, 4096) == std::pair{4, 3});
-  CHECK(shape(65537, 2048) == std::pair{8, 3});
-  CHECK(shape(std::int64_t{1} << 24, 4096) == std::pair{8, 3});
-  CHECK(mk::plan_align(131072, 256, 64).grid == 128);
-  CHECK(mk::plan_align(4097, 8, 64, mk::AlignVariant::kLarge).grid == 16);  // 9 chunks of 512 slots
-  // Past the small variant's experts: tiny up to 64 slots, then the large variant.
-  CHECK(mk::plan_align(64, 4096, 16).variant == mk::AlignVariant::kTiny);
-  CHECK(mk::plan_align(65, 4096, 16).variant == mk::AlignVariant::kLarge);
 }
