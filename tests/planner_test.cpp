@@ -4,8 +4,8 @@
 #include <doctest/doctest.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <tuple>
-#include <utility>
 
 #include "kernels/align.hpp"
 
@@ -64,28 +64,24 @@ TEST_CASE("the planner: variant, block shape, cluster and large form on both sid
   CHECK(mk::plan_align(4097, 1025, 128).variant == mk::AlignVariant::kLarge);
   // The large variant's shape: the first rule of kLargeShapeRules that holds (slots per thread,
   // kernels), on both sides of each rule's bounds; the count kernel runs in clusters of 8.
-  const auto shape = [](std::int64_t numel, int experts) {
+  // 131072 slots at E = 256: 16384 tokens x top-8, DeepSeek-V3.
+  for (const auto& [numel, experts, items, kernels] :
+       {std::tuple{std::int64_t{32768}, 1024, 2, 2}, std::tuple{std::int64_t{32769}, 256, 4, 2},
+        std::tuple{std::int64_t{131072}, 256, 4, 2}, std::tuple{std::int64_t{131073}, 256, 8, 2},
+        std::tuple{std::int64_t{131073}, 257, 4, 3}, std::tuple{std::int64_t{65536}, 1024, 4, 2},
+        std::tuple{std::int64_t{65537}, 512, 8, 2}, std::tuple{std::int64_t{65537}, 513, 4, 3},
+        std::tuple{std::int64_t{262144}, 8, 8, 2}, std::tuple{std::int64_t{262144}, 257, 4, 3},
+        std::tuple{std::int64_t{262145}, 8, 8, 3}, std::tuple{std::int64_t{8192}, 2048, 2, 2},
+        std::tuple{std::int64_t{8192}, 2049, 4, 2}, std::tuple{std::int64_t{8193}, 4096, 4, 3},
+        std::tuple{std::int64_t{65537}, 2048, 8, 3},
+        std::tuple{std::int64_t{1} << 24, 4096, 8, 3}}) {
+    INFO("numel " << numel << ", E " << experts);
     const mk::AlignPlan plan = mk::plan_align(numel, experts, 64, mk::AlignVariant::kLarge);
     CHECK(plan.cluster == 8);
     CHECK(plan.grid % 8 == 0);
-    return std::pair{plan.items, plan.kernels};
-  };
-  CHECK(shape(32768, 1024) == std::pair{2, 2});
-  CHECK(shape(32769, 256) == std::pair{4, 2});
-  CHECK(shape(131072, 256) == std::pair{4, 2});  // 16384 tokens x top-8, DeepSeek-V3
-  CHECK(shape(131073, 256) == std::pair{8, 2});
-  CHECK(shape(131073, 257) == std::pair{4, 3});
-  CHECK(shape(65536, 1024) == std::pair{4, 2});
-  CHECK(shape(65537, 512) == std::pair{8, 2});
-  CHECK(shape(65537, 513) == std::pair{4, 3});
-  CHECK(shape(262144, 8) == std::pair{8, 2});
-  CHECK(shape(262144, 257) == std::pair{4, 3});
-  CHECK(shape(262145, 8) == std::pair{8, 3});
-  CHECK(shape(8192, 2048) == std::pair{2, 2});
-  CHECK(shape(8192, 2049) == std::pair{4, 2});
-  CHECK(shape(8193, 4096) == std::pair{4, 3});
-  CHECK(shape(65537, 2048) == std::pair{8, 3});
-  CHECK(shape(std::int64_t{1} << 24, 4096) == std::pair{8, 3});
+    CHECK(plan.items == items);
+    CHECK(plan.kernels == kernels);
+  }
   CHECK(mk::plan_align(131072, 256, 64).grid == 128);
   CHECK(mk::plan_align(4097, 8, 64, mk::AlignVariant::kLarge).grid == 16);  // 9 chunks of 512 slots
   // Past the small variant's experts: tiny up to 64 slots, then the large variant.
