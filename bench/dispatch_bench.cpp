@@ -273,8 +273,10 @@ int bench_stage(const std::string& config_path, std::optional<int> fixed_count_g
   int previous_bucket = -1;  // counts previous_bucket + 1 .. bucket replay this bucket's graph
   for (const int bucket : cfg.buckets) {
     // Host submit: the time run() takes on the host, batches of 100 with the queue drained between;
-    // once at a fixed count and once with the count changing every call between the bucket and the
-    // smallest count it takes (as in serving; 0 when the bucket takes one count only).
+    // once at a fixed count and once with the count changing every call, walking down from the
+    // bucket through every count it takes (as in serving, where a count seldom repeats soon: the
+    // two updatable graphs of a bucket above fixed_count_graphs_up_to take no update for a count
+    // one of them holds; 0 when the bucket takes one count only).
     // run_device_count() reads the count from device memory at replay time (one pointer, bound
     // once), whatever it is.
     const auto host_submit_us = [&](const auto& call) {
@@ -290,7 +292,9 @@ int bench_stage(const std::string& config_path, std::optional<int> fixed_count_g
     };
     const double host = host_submit_us([&](int) { stage.run(bucket, stream); });
     const int smallest_count = previous_bucket + 1;
-    const auto changing = [&](int i) { stage.run(i % 2 == 0 ? bucket : smallest_count, stream); };
+    const auto changing = [&](int i) {
+      stage.run(bucket - i % (bucket - smallest_count + 1), stream);
+    };
     const double host_changing = smallest_count < bucket ? host_submit_us(changing) : 0.0;
     MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(device_count.get(), &bucket, 4, cudaMemcpyHostToDevice));
     const double host_device_count =

@@ -5,7 +5,11 @@
 // of DispatchStage::run() that is the driver's). Reference kernels: an empty one, and one that
 // loads a 32-slot row and stores it (the least a dispatch kernel must do: read the routing, write
 // an output), on 1 block and on 17 blocks (the tiny variant's grid at E = 256, B = 64). Then the
-// host cost of the runtime calls run() makes besides the launch.
+// host cost of the runtime calls run() makes besides the launch, and of the kernel-parameter
+// update it makes when a count changes.
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -81,19 +85,24 @@ double median_us(cudaGraphExec_t exec, int launches, int calls, cudaStream_t str
   return samples[samples.size() / 2];
 }
 
-// Host time of one cudaGraphLaunch: batches of 100 with the queue drained between (as
+// Host time of one call of `call(i)`: batches of 100 with the queue drained between (as
 // dispatch_bench measures run()), median of 50.
-double host_launch_us(cudaGraphExec_t exec, cudaStream_t stream) {
+template <typename Call>
+double host_call_us(const Call& call, cudaStream_t stream) {
   std::vector<double> samples;
   for (int t = 0; t < 50; ++t) {
     const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < 100; ++i) MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    for (int i = 0; i < 100; ++i) call(i);
     const auto t1 = std::chrono::steady_clock::now();
     samples.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() / 100);
     MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
   std::sort(samples.begin(), samples.end());
   return samples[samples.size() / 2];
+}
+
+double host_launch_us(cudaGraphExec_t exec, cudaStream_t stream) {
+  return host_call_us([&](int) { MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec, stream)); }, stream);
 }
 
 // Host time of one call of `query` (what DispatchStage::run() asks the runtime before its launch),
@@ -153,23 +162,76 @@ int main() {
   std::printf("| cudaStreamGetDevice | %.0f |\n",
               host_query_ns([&] { return cudaStreamGetDevice(s, &device); }));
 
-  // The update run() makes when the count changes: one kernel node's parameters on the executable
-  // graph (here the output pointer, alternating between two values).
+  // The update run() makes when a count changes: one kernel node's arguments on an executable
+  // graph (here the output pointer, alternating between two values), by the runtime call and by
+  // the driver call run() makes (resolved as runtime/kernel_node_update.cpp resolves it), alone
+  // and before a launch: of the graph updated, or of two graphs taking the updates in turn.
   const md::Graph graph = capture_graph(launch_load_store, 1, s, in.get(), out.get(), 1);
-  const md::GraphExec exec = instantiate(graph, s);
+  const md::GraphExec execs[2] = {instantiate(graph, s), instantiate(graph, s)};
   cudaGraphNode_t node = nullptr;
   std::size_t num_nodes = 1;
   MOE_DISPATCH_CUDA_CHECK(cudaGraphGetNodes(graph.get(), &node, &num_nodes));
   cudaKernelNodeParams params{};
   MOE_DISPATCH_CUDA_CHECK(cudaGraphKernelNodeGetParams(node, &params));
+  void* entry = nullptr;
+  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+  MOE_DISPATCH_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuGraphExecKernelNodeSetParams", &entry,
+                                                           12000, cudaEnableDefault, &found));
+  if (found != cudaDriverEntryPointSuccess) {
+    std::printf("cuGraphExecKernelNodeSetParams not found\n");
+    return 1;
+  }
+  const auto driver_set = reinterpret_cast<PFN_cuGraphExecKernelNodeSetParams_v12000>(entry);
+  cudaFunction_t function = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaGetFuncBySymbol(&function, params.func));
+  CUDA_KERNEL_NODE_PARAMS driver_params{};
+  driver_params.func = function;
+  driver_params.gridDimX = params.gridDim.x;
+  driver_params.gridDimY = params.gridDim.y;
+  driver_params.gridDimZ = params.gridDim.z;
+  driver_params.blockDimX = params.blockDim.x;
+  driver_params.blockDimY = params.blockDim.y;
+  driver_params.blockDimZ = params.blockDim.z;
+  driver_params.sharedMemBytes = params.sharedMemBytes;
   const int* in_arg = in.get();
   int* out_args[2] = {out.get(), out.get() + 32};
-  int calls = 0;
-  std::printf("| cudaGraphExecKernelNodeSetParams | %.0f |\n", host_query_ns([&] {
-                void* args[] = {&in_arg, &out_args[calls++ & 1]};
-                params.kernelParams = args;
-                return cudaGraphExecKernelNodeSetParams(exec.get(), node, &params);
-              }));
+  void* args[2][2] = {{&in_arg, &out_args[0]}, {&in_arg, &out_args[1]}};
+  const auto runtime_update = [&](int exec, int i) {
+    params.kernelParams = args[i & 1];
+    MOE_DISPATCH_CUDA_CHECK(cudaGraphExecKernelNodeSetParams(execs[exec].get(), node, &params));
+  };
+  const auto driver_update = [&](int exec, int i) {
+    driver_params.kernelParams = args[i & 1];
+    const CUresult result = driver_set(execs[exec].get(), node, &driver_params);
+    if (result != CUDA_SUCCESS) {
+      md::detail::throw_cuda_error(static_cast<cudaError_t>(result),
+                                   "cuGraphExecKernelNodeSetParams", __FILE__, __LINE__);
+    }
+  };
+  const auto launch = [&](int exec) {
+    MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(execs[exec].get(), s));
+  };
+  std::printf("| cudaGraphExecKernelNodeSetParams | %.0f |\n",
+              1000 * host_call_us([&](int i) { runtime_update(0, i); }, s));
+  std::printf("| cuGraphExecKernelNodeSetParams (driver entry point) | %.0f |\n",
+              1000 * host_call_us([&](int i) { driver_update(0, i); }, s));
+  std::printf(
+      "\n| host µs per call (cudaGraphLaunch alone: %.2f) | update by the runtime call | "
+      "by the driver call |\n|---|---|---|\n",
+      host_launch_us(execs[0].get(), s));
+  const auto update_and_launch = [&](const auto& update, bool in_turn) {
+    return host_call_us(
+        [&](int i) {
+          const int exec = in_turn ? (i & 1) : 0;
+          update(exec, i);
+          launch(exec);
+        },
+        s);
+  };
+  std::printf("| update and launch, one executable graph | %.2f | %.2f |\n",
+              update_and_launch(runtime_update, false), update_and_launch(driver_update, false));
+  std::printf("| update and launch, two in turn | %.2f | %.2f |\n",
+              update_and_launch(runtime_update, true), update_and_launch(driver_update, true));
 
   return 0;
 }

@@ -169,10 +169,10 @@ struct DispatchStage::Impl {
                         __FILE__, __LINE__);
       }
       // Buckets up to fixed_count_graphs_up_to tokens hold one executable graph per count, so
-      // run() launches without updating a kernel parameter (0.65-1.2 us of host time per new
-      // count, bench/floor_bench); a decode loop's count changes nearly every step. Larger
-      // buckets update their one graph: their counts are many, and a prefill step's kernels
-      // outlast the update.
+      // run() launches without updating a kernel parameter (0.3-0.5 us of host time per new
+      // count, graph_cache.hpp); a decode loop's count changes nearly every step. Larger
+      // buckets update their two updatable graphs in turn: their counts are many, and a
+      // prefill step's kernels outlast the update.
       const int fixed_counts = bucket.tokens <= config.fixed_count_graphs_up_to
                                    ? bucket.tokens - bucket.first_count + 1
                                    : 0;

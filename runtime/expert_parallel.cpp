@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -10,6 +11,7 @@
 #include "moe_dispatch/align.hpp"
 #include "moe_dispatch/align_async.hpp"
 #include "runtime/graph_cache.hpp"
+#include "runtime/kernel_node_update.hpp"
 
 // Checks an ncclResult_t-returning expression; throws moe_dispatch::NcclError naming the call.
 #define MOE_DISPATCH_NCCL_CHECK(expr)                                                        \
@@ -193,8 +195,7 @@ struct EpBucket {
   int tokens = 0;
   Graph dispatch_graph;
   GraphExec dispatch_exec;
-  cudaGraphNode_t route_node = nullptr;
-  cudaKernelNodeParams route_node_params{};  // function and launch shape of the route kernel
+  std::optional<detail::KernelNodeUpdate> route_update;  // of the route kernel's node
   int bound_count = 0;
   DispatchOutputs local;  // the local stage's outputs of this bucket (fixed buffers)
   Graph combine_graph;
@@ -471,8 +472,7 @@ struct ExpertParallelDispatch::Impl {
                     ": expected the route kernel as the only node after its launch, found " +
                     std::to_string(frontier_size));
       }
-      b.route_node = frontier[0];
-      MOE_DISPATCH_CUDA_CHECK(cudaGraphKernelNodeGetParams(b.route_node, &b.route_node_params));
+      b.route_update.emplace(frontier[0]);
       align_by_rank(cap, s);
       MOE_DISPATCH_CUDA_CHECK(kernels::launch_ep_pack(pack_params(cap), s));
       run_exchange_dispatch(cap, s);
@@ -493,11 +493,7 @@ struct ExpertParallelDispatch::Impl {
     if (num_tokens == b.bound_count) return;
     kernels::EpRouteParams args = route_params(b.tokens, num_tokens);
     void* arg_pointers[1] = {&args};
-    cudaKernelNodeParams p = b.route_node_params;
-    p.kernelParams = arg_pointers;
-    p.extra = nullptr;
-    MOE_DISPATCH_CUDA_CHECK(
-        cudaGraphExecKernelNodeSetParams(b.dispatch_exec.get(), b.route_node, &p));
+    b.route_update->set_args(b.dispatch_exec.get(), arg_pointers);
     b.bound_count = num_tokens;
   }
 

@@ -30,9 +30,12 @@ BucketGraph::BucketGraph(const kernels::AlignParams& params, const kernels::Alig
   // The node's argument as launched, including the fields launch_align derives.
   std::memcpy(&args_, first_params_.kernelParams[0], sizeof(args_));
 
-  exec_ = instantiate_uploaded(graph_.get(), capture_stream);
-  bound_pointer_ = args_.num_tokens;
-  bound_count_ = args_.host_num_tokens;
+  update_.emplace(first_kernel_);
+  for (Updatable& u : updatable_) {
+    u.exec = instantiate_uploaded(graph_.get(), capture_stream);
+    u.bound_pointer = args_.num_tokens;
+    u.bound_count = args_.host_num_tokens;
+  }
   for (int count = first_fixed; count < first_fixed + num_fixed; ++count) {
     const cudaKernelNodeParams p = retarget(nullptr, count);
     MOE_DISPATCH_CUDA_CHECK(cudaGraphKernelNodeSetParams(first_kernel_, &p));
@@ -50,13 +53,22 @@ cudaKernelNodeParams BucketGraph::retarget(const std::int32_t* d_num_tokens, int
   return p;  // the CUDA call that takes it copies the argument values
 }
 
-void BucketGraph::bind(const std::int32_t* d_num_tokens, int num_tokens) {
-  if (d_num_tokens == bound_pointer_ && num_tokens == bound_count_) return;
-  const cudaKernelNodeParams p = retarget(d_num_tokens, num_tokens);
-  MOE_DISPATCH_CUDA_CHECK(cudaGraphExecKernelNodeSetParams(exec_.get(), first_kernel_, &p));
-  bound_pointer_ = d_num_tokens;
-  bound_count_ = num_tokens;
-  ++parameter_updates_;
+cudaGraphExec_t BucketGraph::bind(const std::int32_t* d_num_tokens, int num_tokens) {
+  const auto holds = [&](const Updatable& u) {
+    return u.bound_pointer == d_num_tokens && u.bound_count == num_tokens;
+  };
+  if (!holds(updatable_[last_])) {
+    last_ = 1 - last_;
+    Updatable& u = updatable_[last_];
+    if (!holds(u)) {
+      const cudaKernelNodeParams p = retarget(d_num_tokens, num_tokens);
+      update_->set_args(u.exec.get(), p.kernelParams);
+      u.bound_pointer = d_num_tokens;
+      u.bound_count = num_tokens;
+      ++parameter_updates_;
+    }
+  }
+  return updatable_[last_].exec.get();
 }
 
 void BucketGraph::launch(int num_tokens, cudaStream_t stream) {
@@ -65,13 +77,11 @@ void BucketGraph::launch(int num_tokens, cudaStream_t stream) {
     MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(fixed_[fixed].get(), stream));
     return;
   }
-  bind(nullptr, num_tokens);
-  MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec_.get(), stream));
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(bind(nullptr, num_tokens), stream));
 }
 
 void BucketGraph::launch_device_count(const std::int32_t* d_num_tokens, cudaStream_t stream) {
-  bind(d_num_tokens, 0);
-  MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec_.get(), stream));
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(bind(d_num_tokens, 0), stream));
 }
 
 cudaGraphNode_t BucketGraph::add_child(cudaGraph_t parent, const cudaGraphNode_t* deps,

@@ -1,21 +1,27 @@
 // The graph of one bucket: the alignment kernels captured once, instantiated and uploaded, then
 // retargeted when the count source changes. Only the first kernel node reads the count
 // (AlignParams::host_num_tokens or AlignParams::num_tokens); a launch with another count updates
-// that node's parameters in the executable graph (cudaGraphExecKernelNodeSetParams), which affects
-// only later launches, so back-to-back launches with different counts do not race. Measured against
-// a memset node that writes the count into device memory before the kernels: one node fewer per
-// replay. The update costs 0.65-1.2 us of host time (bench/floor_bench), so a bucket may also hold
-// one executable graph per count it takes, each with its count fixed: a launch then updates
-// nothing.
+// that node's parameters in an executable graph (KernelNodeUpdate), which affects only later
+// launches, so back-to-back launches with different counts do not race. Measured against a memset
+// node that writes the count into device memory before the kernels: one node fewer per replay.
+//
+// Two executable graphs take the updates in turn: the one updated is not the one launched last,
+// which may still be queued or running. On the H200 (2026-12-02) an update and launch of the same
+// executable graph cost 0.45-0.5 us of host time over the launch alone, alternating between two
+// 0.16-0.38 us. The update still costs host time, so a bucket may also hold one executable graph
+// per count it takes, each with its count fixed: a launch then updates nothing.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
+#include <array>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "kernels/align.hpp"
 #include "moe_dispatch/cuda_raii.hpp"
+#include "runtime/kernel_node_update.hpp"
 
 namespace moe_dispatch::detail {
 
@@ -34,7 +40,7 @@ class BucketGraph {
   void launch(int num_tokens, cudaStream_t stream);
   void launch_device_count(const std::int32_t* d_num_tokens, cudaStream_t stream);
 
-  // Executable graphs with a fixed count, and updates of the other one's count source so far.
+  // Executable graphs with a fixed count, and updates of the others' count sources so far.
   int fixed_count_graphs() const { return static_cast<int>(fixed_.size()); }
   std::int64_t parameter_updates() const { return parameter_updates_; }
 
@@ -46,24 +52,30 @@ class BucketGraph {
                                          std::size_t num_deps, const std::int32_t* d_num_tokens);
 
  private:
+  // An executable graph whose count source run() updates, and the source it holds now.
+  struct Updatable {
+    GraphExec exec;
+    const std::int32_t* bound_pointer = nullptr;
+    int bound_count = 0;
+  };
+
   // Node parameters of the first kernel retargeted to a count source; points into args_.
   cudaKernelNodeParams retarget(const std::int32_t* d_num_tokens, int num_tokens);
-  // Sets the executable graph's count source unless it already holds it (a steady decode loop
-  // repeats counts; the update is a host call on the serving path).
-  void bind(const std::int32_t* d_num_tokens, int num_tokens);
+  // The updatable graph to launch for a count source: the one launched last if it holds the
+  // source (a steady loop repeats counts and pays no update), else the other, updated to it.
+  cudaGraphExec_t bind(const std::int32_t* d_num_tokens, int num_tokens);
 
   Graph graph_;
-  GraphExec exec_;
+  std::array<Updatable, 2> updatable_;
+  std::size_t last_ = 0;          // updatable_[last_] was launched last
   std::vector<GraphExec> fixed_;  // fixed_[i]: count first_fixed_ + i
   int first_fixed_ = 0;
   std::int64_t parameter_updates_ = 0;
   cudaGraphNode_t first_kernel_ = nullptr;
-  cudaKernelNodeParams first_params_{};  // function and launch shape of the first kernel
+  cudaKernelNodeParams first_params_{};     // function and launch shape of the first kernel
+  std::optional<KernelNodeUpdate> update_;  // of the first kernel; set once it is captured
   kernels::AlignParams args_;
   void* arg_pointers_[1] = {nullptr};
-  // The count source the executable graph holds now.
-  const std::int32_t* bound_pointer_ = nullptr;
-  int bound_count_ = 0;
 };
 
 }  // namespace moe_dispatch::detail

@@ -139,8 +139,8 @@ TEST_CASE("2000 back-to-back runs with device-written routing and no host sync a
 
 TEST_CASE("buckets up to fixed_count_graphs_up_to tokens launch a graph per count") {
   // small_config(): buckets 1, 8, 64, 256. A bucket up to the setting holds one graph per count it
-  // takes and a changing count updates nothing there; a larger bucket updates its one graph on
-  // every new count.
+  // takes and a changing count updates nothing there; a larger bucket updates one of its two
+  // updatable graphs on a count neither holds.
   md::DispatchConfig cfg = small_config();
   SUBCASE("default: 64") {}
   SUBCASE("0: none") { cfg.fixed_count_graphs_up_to = 0; }
@@ -162,14 +162,23 @@ TEST_CASE("buckets up to fixed_count_graphs_up_to tokens launch a graph per coun
     while (buckets[b] < n) ++b;
     return b;
   };
-  // Updates each bucket's one graph must make: a new count there (its graph starts at 0).
+  // Updates each bucket must make on its two updatable graphs (both start at count 0): none when
+  // the one launched last holds the count; else the other is launched, updated unless it holds it.
+  struct Updatable {
+    int bound[2] = {0, 0};
+    int last = 0;
+  };
   std::int64_t expected_updates[4] = {};
-  int last_count[4] = {};
+  Updatable updatable[4];
   for (const int n : counts) {
     const std::size_t b = bucket_of(n);
-    if (buckets[b] > cfg.fixed_count_graphs_up_to && n != last_count[b]) {
-      ++expected_updates[b];
-      last_count[b] = n;
+    Updatable& u = updatable[b];
+    if (buckets[b] > cfg.fixed_count_graphs_up_to && u.bound[u.last] != n) {
+      u.last = 1 - u.last;
+      if (u.bound[u.last] != n) {
+        ++expected_updates[b];
+        u.bound[u.last] = n;
+      }
     }
     const auto ids = md::test::make_routing(Routing::kUniform, n, 2, 64, rng);
     INFO("tokens " << n);
@@ -186,6 +195,26 @@ TEST_CASE("buckets up to fixed_count_graphs_up_to tokens launch a graph per coun
     CHECK(stats.buckets[b].parameter_updates == expected_updates[b]);
     if (!fixed && b > 0) CHECK(expected_updates[b] > 5);
   }
+}
+
+TEST_CASE("a count alternating between two values updates each updatable graph once") {
+  // Bucket 256 of small_config() holds no fixed-count graphs at the default setting (64); its two
+  // updatable graphs take one count each and keep them.
+  md::DispatchStage stage(small_config());
+  const md::Stream stream = md::make_stream();
+  std::mt19937 rng(26);
+  for (int i = 0; i < 10; ++i) {
+    const int n = i % 2 == 0 ? 100 : 200;
+    const auto ids = md::test::make_routing(Routing::kUniform, n, 2, 64, rng);
+    INFO("step " << i << ", tokens " << n);
+    const std::string diff = run_and_compare(stage, ids, stream.get());
+    CHECK_MESSAGE(diff.empty(), diff);
+  }
+  const md::StageStats stats = stage.stats();
+  REQUIRE(stats.buckets.size() == 4);
+  CHECK(stats.buckets[3].tokens == 256);
+  CHECK(stats.buckets[3].replays == 2 * 10);  // run_and_compare() runs twice: poison, then check
+  CHECK(stats.buckets[3].parameter_updates == 2);
 }
 
 TEST_CASE("no device memory is allocated across 100k replays after construction") {

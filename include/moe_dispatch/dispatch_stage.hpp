@@ -3,16 +3,18 @@
 //
 // Contract
 // - Construction allocates every device buffer the stage will use (sized for the largest bucket)
-//   on config.device and, with CaptureMode::kEager, captures and uploads one graph per bucket
-//   (buckets of up to config.fixed_count_graphs_up_to tokens, 64 by default: plus one executable
-//   graph per count they take, see run()).
+//   on config.device and, with CaptureMode::kEager, captures one graph per bucket and
+//   instantiates and uploads two executable graphs of it (buckets of up to
+//   config.fixed_count_graphs_up_to tokens, 64 by default: plus one per count they take, see
+//   run()).
 //   Nothing is allocated afterwards, except the overflow buffers of OverflowPolicy::kEager, grown
 //   once per new high-water mark and counted in stats().
 // - run() is stream-ordered: it enqueues work on `stream` and returns without synchronizing. The
 //   count reaches the device as a parameter of the graph's first kernel: buckets of up to
 //   config.fixed_count_graphs_up_to tokens launch an executable graph built for that count; a
-//   larger bucket's graph gets the count set on it when it differs from the last one (affecting
-//   later launches only). Back-to-back runs with different counts never race; the first kernel
+//   larger bucket launches the executable graph it launched last if that holds the count, else
+//   its other one, with the count set on it first if it holds another (affecting later launches
+//   only). Back-to-back runs with different counts never race; the first kernel
 //   writes the count it used to DeviceCounters::num_tokens in device memory, where the later
 //   kernels of the launch (and the caller) read it.
 // - Outputs (DispatchOutputs) point into the stage's buffers. They hold the result of the last run
@@ -93,9 +95,9 @@ struct BucketStats {
   // config.fixed_count_graphs_up_to tokens): run() launches one of them and updates nothing. 0 for
   // larger buckets, and before a lazy bucket is captured or after its capture failed.
   int fixed_count_graphs = 0;
-  // Times the bucket graph's count source changed (cudaGraphExecKernelNodeSetParams, 0.65-1.2 us
-  // of host time each): run() outside the fixed-count graphs with a count other than the last,
-  // run_device_count() with another pointer, and every switch between the two.
+  // Times the count source of one of the bucket's two updatable executable graphs changed (a
+  // kernel-parameter update, ~0.3 us of host time on the H200): run() outside the fixed-count
+  // graphs, and run_device_count(), with a count source neither graph holds.
   std::int64_t parameter_updates = 0;
   bool captured = false;
 };

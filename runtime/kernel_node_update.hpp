@@ -1,0 +1,30 @@
+// Retargeting one kernel node of executable graphs: its arguments replaced through the driver API
+// (cuGraphExecKernelNodeSetParams, resolved once with cudaGetDriverEntryPointByVersion, so nothing
+// links libcuda). run() does this on the serving path whenever a bucket's count changes, and the
+// driver call took 0.32-0.37 us of host time per update on the H200 where
+// cudaGraphExecKernelNodeSetParams took 0.56-0.66 (2026-12-02, six rounds; the runtime call also
+// translates the node's host-side kernel handle each time).
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime_api.h>
+
+namespace moe_dispatch::detail {
+
+class KernelNodeUpdate {
+ public:
+  // Reads the launch shape and kernel of `node`, a kernel node of the graph the executable graphs
+  // it updates were instantiated from.
+  explicit KernelNodeUpdate(cudaGraphNode_t node);
+
+  // Replaces the node's arguments in `exec` with `args` (one pointer per kernel parameter, values
+  // copied by the call); later launches of `exec` use them, launches already made do not. Throws
+  // CudaError naming the call.
+  void set_args(cudaGraphExec_t exec, void** args) const;
+
+ private:
+  CUgraphNode node_;
+  CUDA_KERNEL_NODE_PARAMS params_{};
+};
+
+}  // namespace moe_dispatch::detail
