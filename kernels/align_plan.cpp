@@ -1,4 +1,8 @@
 #include "kernels/align.hpp"
+
+#include <algorithm>
+#include <iterator>
+
 #include "kernels/align_variants.hpp"
 #include "moe_dispatch/align.hpp"
 
@@ -19,17 +23,20 @@ AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size,
 
 namespace {
 // Steps take one kernel launch (one graph node) up to 16384 slots for E 64-512, up to 8192 for
-// E <= 1024 and up to 4096 for E <= 2048. Measured (bench/variant_bench, docs/BENCHMARKS.md,
-// H200, 2026-12-02 06:50Z): the one-kernel variant's clustered shapes are ahead of the large
-// variant at 8192 slots for every E measured up to 1024 (E = 256: 3.92 against 4.90 us; E = 1024:
-// 6.99 against 7.79) and at 16384 for E 64-512 with 256 x 8 x 8 (E = 64: 4.48 against 4.59;
-// E = 512: 5.29 against 5.60), behind there at E = 8 (4.74 against 4.53) and E = 1024 (8.22
-// against 7.89); past 1024 experts the one-block shapes at 4096 slots are the ones measured.
-constexpr int kSmallMinExpertsAtMaxNumel = 64;  // for numel up to kSmallMaxNumel
-constexpr int kSmallMaxExpertsAtMaxNumel = 512;
-constexpr std::int64_t kSmallMaxDecodeNumel = 8192;
-constexpr int kSmallMaxDecodeExperts = 1024;
-constexpr std::int64_t kSmallMaxWideNumel = 4096;  // for E up to kSmallMaxExperts
+// E <= 1024 and up to 4096 for E <= 2048: the small variant takes a step when a rule holds.
+// Measured (bench/variant_bench, docs/BENCHMARKS.md, H200, 2026-12-02 06:50Z): the one-kernel
+// variant's clustered shapes are ahead of the large variant at 8192 slots for every E measured up
+// to 1024 (E = 256: 3.92 against 4.90 us; E = 1024: 6.99 against 7.79) and at 16384 for E 64-512
+// with 256 x 8 x 8 (E = 64: 4.48 against 4.59; E = 512: 5.29 against 5.60), behind there at E = 8
+// (4.74 against 4.53) and E = 1024 (8.22 against 7.89); past 1024 experts the one-block shapes at
+// 4096 slots are the ones measured.
+struct OneKernelRule {
+  std::int64_t max_numel;
+  int min_experts;
+  int max_experts;
+};
+constexpr OneKernelRule kOneKernelRules[] = {
+    {kSmallMaxNumel, 64, 512}, {8192, 1, 1024}, {4096, 1, kSmallMaxExperts}};
 }  // namespace
 
 AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size) {
@@ -39,10 +46,11 @@ AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size) {
   if (max_numel <= kTinyMaxNumel) {
     return plan_align(max_numel, num_experts, block_size, AlignVariant::kTiny);
   }
-  const bool small = (max_numel <= kSmallMaxNumel && num_experts >= kSmallMinExpertsAtMaxNumel &&
-                      num_experts <= kSmallMaxExpertsAtMaxNumel) ||
-                     (max_numel <= kSmallMaxDecodeNumel && num_experts <= kSmallMaxDecodeExperts) ||
-                     (max_numel <= kSmallMaxWideNumel && num_experts <= kSmallMaxExperts);
+  const bool small = std::any_of(
+      std::begin(kOneKernelRules), std::end(kOneKernelRules), [&](const OneKernelRule& rule) {
+        return max_numel <= rule.max_numel && num_experts >= rule.min_experts &&
+               num_experts <= rule.max_experts;
+      });
   return plan_align(max_numel, num_experts, block_size,
                     small ? AlignVariant::kSmall : AlignVariant::kLarge);
 }
