@@ -36,6 +36,11 @@ constexpr int kLargeWarps = kLargeThreads / kWarp;
 constexpr int kPrefixThreads = 256;
 constexpr int kPrefixBatch = 8;     // 32-cluster chunks of a row loaded before scanning them
 constexpr int kMaxWriteGrid = 264;  // two blocks per SM of the H100
+// Output entries per scatter block past the chunks' blocks. Measured against 1024 (H200,
+// 2026-12-02 13:4xZ, `dispatch_bench`, two runs each): 16384 x 256 x 8, whose 64 chunks then write
+// everything, 6.80 and 6.82 us -> 6.49 and 6.49 (graph column); deepseek-v3.yaml's 8192 bucket
+// 6.82 -> 6.53 us per replay; 8192 per block measured the same as 4096.
+constexpr std::int64_t kLargeOutputEntriesPerBlock = 4096;
 // Blocks per cluster of the count kernel (the portable maximum).
 constexpr int kLargeCluster = 8;
 // Cluster totals the scatter kernel loads at once (per expert) when it adds them up itself.
@@ -430,8 +435,9 @@ AlignPlan large_plan(std::int64_t max_numel, int num_experts, int block_size, in
   // Blocks past the chunks rank nothing and only share the writing of expert_ids, the padding and
   // the tail (with many experts the outputs outgrow the slots: E = 1024, B = 128 is 131072
   // entries for 2048 slots).
-  plan.write_grid = std::max(
-      plan.grid, write_blocks(max_numel + std::int64_t{num_experts} * block_size, kMaxWriteGrid));
+  plan.write_grid =
+      std::max(plan.grid, write_blocks(max_numel + std::int64_t{num_experts} * block_size,
+                                       kMaxWriteGrid, kLargeOutputEntriesPerBlock));
   plan.shared_bytes = scatter_shared_bytes(num_experts, items);
   plan.kernels = kernels;
   return plan;

@@ -131,8 +131,8 @@ static_assert(large_rules_are_built());
 // square of the slots per lane: at 4 it was measured slower than the small variant for E <= 256).
 inline constexpr std::int64_t kTinyMaxNumel = 64;
 
-// Output entries (slots, padding and tail) per block of a kernel that writes them, so the stores
-// spread over SMs. Measured against 2048 on the small variant: up to 10% faster (E 64, B 128,
+// Output entries (slots, padding and tail) per block of a tiny or small kernel, so the stores
+// spread over SMs (the large variant's scatter blocks take more, align_large.cu). Measured against 2048 on the small variant: up to 10% faster (E 64, B 128,
 // 64 tokens), equal elsewhere. The tiny variant takes twice as many blocks (`variant_bench` with
 // 256, 512 and 1024 on the H200: 512 was 0.03-0.06 us faster than 1024 for E 128 and 256, level
 // elsewhere; 256 no faster than 512).

@@ -9,6 +9,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -215,6 +216,37 @@ TEST_CASE("a count alternating between two values updates each updatable graph o
   CHECK(stats.buckets[3].tokens == 256);
   CHECK(stats.buckets[3].replays == 2 * 10);  // run_and_compare() runs twice: poison, then check
   CHECK(stats.buckets[3].parameter_updates == 2);
+}
+
+TEST_CASE("run() updates a count from a host thread that made no CUDA call before") {
+  // The count update is a driver call, which needs the device's context current on the calling
+  // thread; run() is that thread's first CUDA work here.
+  md::DispatchStage stage(small_config());
+  const md::Stream stream = md::make_stream();
+  std::mt19937 rng(27);
+  const auto ids = md::test::make_routing(Routing::kUniform, 100, 2, 64, rng);
+  // Bucket 256 (no fixed-count graphs): one updatable graph takes 200 here, the thread's run of
+  // 100 updates the other.
+  const md::DispatchOutputs out = stage.run(200, stream.get());
+  md::test::poison(out, stream.get());
+  MOE_DISPATCH_CUDA_CHECK(cudaMemcpyAsync(stage.input_for(100), ids.data(), ids.size() * 4,
+                                          cudaMemcpyHostToDevice, stream.get()));
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+  std::string error;
+  std::thread worker([&] {
+    try {
+      stage.run(100, stream.get());
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  });
+  worker.join();
+  REQUIRE_MESSAGE(error.empty(), error);
+  const md::test::DeviceResult result = md::test::fetch(out);
+  const std::string diff = md::test::compare(
+      md::align_reference(ids, md::shape_of(stage.config()), nullptr), result, 100);
+  CHECK_MESSAGE(diff.empty(), diff);
+  CHECK(stage.stats().buckets[3].parameter_updates == 2);
 }
 
 TEST_CASE("no device memory is allocated across 100k replays after construction") {
