@@ -96,17 +96,16 @@ static_assert(small_rules_hold_their_steps());
 // Shapes of the large variant, for steps of up to max_numel slots over up to max_experts experts
 // (the first rule that holds; past them all, 8 slots per thread and 3 kernels): slots per thread
 // (2, 4 or 8) and kernels (2: the scatter kernel adds up the count kernel's cluster totals
-// itself; 3: a prefix kernel scans them first). Measured (`variant_bench large`, H200,
-// docs/BENCHMARKS.md): two kernels are ahead while a thread adds up few totals (clusters x
-// experts per thread; 16384 x 256 x 8 at 4 slots per thread: 7.22 us with two kernels, 7.64 with
-// three, 04:50Z), and fall behind steeply past that (E 1024 at 131072 slots, 4 slots per thread:
-// 16.03 against 11.74), since a thread adds up its experts one after another. More slots per
-// thread (fewer, fuller blocks, so fewer totals) win as the step or E grows, since every block
-// handles all E experts: E 256 at 131072 slots, 8 x 2 6.85 and 6.88 us in two runs (06:23Z,
-// 06:50Z) against 7.21 and 7.23 for 4 x 2 (E 128 keeps 4 x 2: 6.54 and 6.50 against 6.68); E 512 at
-// 262144 slots, 8 x 3 10.85 and 11.04 against 11.35 for 4 x 3; E 256 at 262144 slots, 8 x 2 9.25
-// and 8.91 against 9.66 and 9.47 for 4 x 3. E 1024 at 131072 slots keeps 4 x 3: 8 x 2 took 11.23 us
-// in one run and 14.01 in the next (4 x 3 11.74 and 11.68).
+// itself; 3: a prefix kernel scans them first). Two kernels are ahead while a thread adds up few
+// totals (clusters x experts per thread) and fall behind steeply past that, since a thread adds up
+// its experts one after another; more slots per thread (fewer, fuller blocks, so fewer totals)
+// win as the step or E grows, since every block handles all E experts. Measured with 4096 output
+// entries per scatter block (`variant_bench large`, H200, 2026-12-02 13:52Z, two runs, each form
+// within 0.05 us between them but 8 x 2 at E 1024 and 4096, 0.13 and 0.45; docs/BENCHMARKS.md), the
+// best form of each row, against the next: E 8 at 131072 slots 4 x 2 6.54 (8 x 2 6.58); E 64 and
+// 128 there 8 x 2 6.21 and 6.39 (4 x 2 6.34 and 6.51); E 1024 at 131072 8 x 2 9.57 (4 x 3 10.72),
+// at 262144 8 x 3 11.75 (4 x 3 14.21); E 2048 at 32768 4 x 2 13.66 (2 x 3 14.33, 4 x 3 14.62); E
+// 4096 at 32768 8 x 2 31.55 (2 x 3 32.31).
 struct LargeShapeRule {
   std::int64_t max_numel;
   int max_experts;
@@ -114,9 +113,9 @@ struct LargeShapeRule {
   int kernels;
 };
 inline constexpr LargeShapeRule kLargeShapeRules[] = {
-    {32768, 1024, 2, 2},  {8192, 2048, 2, 2},  {8192, 4096, 4, 2},  {131072, 128, 4, 2},
-    {65536, 1024, 4, 2},  {131072, 512, 8, 2}, {262144, 256, 8, 2}, {262144, 512, 8, 3},
-    {262144, 1024, 4, 3}, {65536, 4096, 4, 3}};
+    {32768, 1024, 2, 2}, {8192, 2048, 2, 2},   {8192, 4096, 4, 2}, {32768, 2048, 4, 2},
+    {32768, 4096, 8, 2}, {65536, 1024, 4, 2},  {131072, 8, 4, 2},  {131072, 1024, 8, 2},
+    {262144, 256, 8, 2}, {262144, 1024, 8, 3}, {65536, 4096, 4, 3}};
 // The forms the large variant is built for (its launcher refuses others).
 constexpr bool large_rules_are_built() {
   for (const LargeShapeRule& rule : kLargeShapeRules) {
@@ -132,10 +131,10 @@ static_assert(large_rules_are_built());
 inline constexpr std::int64_t kTinyMaxNumel = 64;
 
 // Output entries (slots, padding and tail) per block of a tiny or small kernel, so the stores
-// spread over SMs (the large variant's scatter blocks take more, align_large.cu). Measured against 2048 on the small variant: up to 10% faster (E 64, B 128,
-// 64 tokens), equal elsewhere. The tiny variant takes twice as many blocks (`variant_bench` with
-// 256, 512 and 1024 on the H200: 512 was 0.03-0.06 us faster than 1024 for E 128 and 256, level
-// elsewhere; 256 no faster than 512).
+// spread over SMs (the large variant's scatter blocks take more, align_large.cu). Measured against
+// 2048 on the small variant: up to 10% faster (E 64, B 128, 64 tokens), equal elsewhere. The tiny
+// variant takes twice as many blocks (`variant_bench` with 256, 512 and 1024 on the H200: 512 was
+// 0.03-0.06 us faster than 1024 for E 128 and 256, level elsewhere; 256 no faster than 512).
 inline constexpr std::int64_t kOutputEntriesPerBlock = 1024;
 inline constexpr std::int64_t kTinyOutputEntriesPerBlock = 512;
 

@@ -66,16 +66,27 @@ TEST_CASE("the planner: variant, block shape, cluster and large form on both sid
   // kernels), on both sides of each rule's bounds; the count kernel runs in clusters of 8.
   // 131072 slots at E = 256: 16384 tokens x top-8, DeepSeek-V3.
   for (const auto& [numel, experts, items, kernels] :
-       {std::tuple{std::int64_t{32768}, 1024, 2, 2},  std::tuple{std::int64_t{32769}, 256, 4, 2},
-        std::tuple{std::int64_t{131072}, 128, 4, 2},  std::tuple{std::int64_t{131073}, 128, 8, 2},
-        std::tuple{std::int64_t{131072}, 256, 8, 2},  std::tuple{std::int64_t{131073}, 256, 8, 2},
-        std::tuple{std::int64_t{131073}, 257, 8, 3},  std::tuple{std::int64_t{262144}, 512, 8, 3},
-        std::tuple{std::int64_t{131073}, 513, 4, 3},  std::tuple{std::int64_t{262144}, 513, 4, 3},
-        std::tuple{std::int64_t{65536}, 1024, 4, 2},  std::tuple{std::int64_t{65537}, 512, 8, 2},
-        std::tuple{std::int64_t{65537}, 513, 4, 3},   std::tuple{std::int64_t{262144}, 8, 8, 2},
-        std::tuple{std::int64_t{262144}, 257, 8, 3},  std::tuple{std::int64_t{262145}, 8, 8, 3},
-        std::tuple{std::int64_t{8192}, 2048, 2, 2},   std::tuple{std::int64_t{8192}, 2049, 4, 2},
-        std::tuple{std::int64_t{8193}, 4096, 4, 3},   std::tuple{std::int64_t{65537}, 2048, 8, 3},
+       {std::tuple{std::int64_t{32768}, 1024, 2, 2},
+        std::tuple{std::int64_t{32769}, 256, 4, 2},
+        std::tuple{std::int64_t{8192}, 2048, 2, 2},
+        std::tuple{std::int64_t{8192}, 2049, 4, 2},
+        std::tuple{std::int64_t{8193}, 2048, 4, 2},
+        std::tuple{std::int64_t{32768}, 1025, 4, 2},
+        std::tuple{std::int64_t{8193}, 4096, 8, 2},
+        std::tuple{std::int64_t{32768}, 2049, 8, 2},
+        std::tuple{std::int64_t{65536}, 1024, 4, 2},
+        std::tuple{std::int64_t{32769}, 1025, 4, 3},
+        std::tuple{std::int64_t{65536}, 4096, 4, 3},
+        std::tuple{std::int64_t{65537}, 8, 4, 2},
+        std::tuple{std::int64_t{131072}, 8, 4, 2},
+        std::tuple{std::int64_t{65537}, 9, 8, 2},
+        std::tuple{std::int64_t{131072}, 1024, 8, 2},
+        std::tuple{std::int64_t{65537}, 1025, 8, 3},
+        std::tuple{std::int64_t{131073}, 8, 8, 2},
+        std::tuple{std::int64_t{262144}, 256, 8, 2},
+        std::tuple{std::int64_t{131073}, 257, 8, 3},
+        std::tuple{std::int64_t{262144}, 1024, 8, 3},
+        std::tuple{std::int64_t{262145}, 8, 8, 3},
         std::tuple{std::int64_t{1} << 24, 4096, 8, 3}}) {
     INFO("numel " << numel << ", E " << experts);
     const mk::AlignPlan plan = mk::plan_align(numel, experts, 64, mk::AlignVariant::kLarge);
@@ -84,8 +95,8 @@ TEST_CASE("the planner: variant, block shape, cluster and large form on both sid
     CHECK(plan.items == items);
     CHECK(plan.kernels == kernels);
   }
-  CHECK(mk::plan_align(131072, 256, 64).grid == 64);                        // 2048 slots per block
-  CHECK(mk::plan_align(131072, 128, 64).grid == 128);                       // 1024 slots per block
+  CHECK(mk::plan_align(131072, 256, 64).grid == 64);  // 2048 slots per block
+  CHECK(mk::plan_align(131072, 8, 64, mk::AlignVariant::kLarge).grid == 128);  // 1024 per block
   CHECK(mk::plan_align(4097, 8, 64, mk::AlignVariant::kLarge).grid == 16);  // 9 chunks of 512 slots
   // Past the small variant's experts: tiny up to 64 slots, then the large variant.
   CHECK(mk::plan_align(64, 4096, 16).variant == mk::AlignVariant::kTiny);
