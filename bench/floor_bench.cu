@@ -222,8 +222,10 @@ int main() {
   const auto update_and_launch = [&](const auto& update, bool in_turn) {
     return host_call_us(
         [&](int i) {
+          // Every update gives its graph the other value than it holds: in turn, graph i % 2
+          // takes value (i / 2) % 2.
           const int exec = in_turn ? (i & 1) : 0;
-          update(exec, i);
+          update(exec, in_turn ? (i >> 1) : i);
           launch(exec);
         },
         s);

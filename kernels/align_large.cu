@@ -36,7 +36,9 @@ constexpr int kLargeWarps = kLargeThreads / kWarp;
 constexpr int kPrefixThreads = 256;
 constexpr int kPrefixBatch = 8;     // 32-cluster chunks of a row loaded before scanning them
 constexpr int kMaxWriteGrid = 264;  // two blocks per SM of the H100
-// Output entries per scatter block past the chunks' blocks. Measured against 1024 (H200,
+// Output entries per scatter block: the scatter grid is the chunks' blocks, or more when the
+// outputs need more than that many per block (each block scans every expert's totals, so extra
+// blocks cost more than their stores save). Measured against 1024 (H200,
 // 2026-12-02 13:4xZ, `dispatch_bench`, two runs each): 16384 x 256 x 8, whose 64 chunks then write
 // everything, 6.80 and 6.82 us -> 6.49 and 6.49 (graph column); deepseek-v3.yaml's 8192 bucket
 // 6.82 -> 6.53 us per replay; 8192 per block measured the same as 4096.

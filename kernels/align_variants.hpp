@@ -94,7 +94,8 @@ constexpr bool small_rules_hold_their_steps() {
 static_assert(small_rules_hold_their_steps());
 
 // Shapes of the large variant, for steps of up to max_numel slots over up to max_experts experts
-// (the first rule that holds; past them all, 8 slots per thread and 3 kernels): slots per thread
+// (the first rule that holds; past them all, 8 slots per thread and 3 kernels, which E 257-1024
+// at 131073-262144 slots take): slots per thread
 // (2, 4 or 8) and kernels (2: the scatter kernel adds up the count kernel's cluster totals
 // itself; 3: a prefix kernel scans them first). Two kernels are ahead while a thread adds up few
 // totals (clusters x experts per thread) and fall behind steeply past that, since a thread adds up
@@ -113,9 +114,9 @@ struct LargeShapeRule {
   int kernels;
 };
 inline constexpr LargeShapeRule kLargeShapeRules[] = {
-    {32768, 1024, 2, 2}, {8192, 2048, 2, 2},   {8192, 4096, 4, 2}, {32768, 2048, 4, 2},
-    {32768, 4096, 8, 2}, {65536, 1024, 4, 2},  {131072, 8, 4, 2},  {131072, 1024, 8, 2},
-    {262144, 256, 8, 2}, {262144, 1024, 8, 3}, {65536, 4096, 4, 3}};
+    {32768, 1024, 2, 2}, {8192, 2048, 2, 2},  {8192, 4096, 4, 2}, {32768, 2048, 4, 2},
+    {32768, 4096, 8, 2}, {65536, 1024, 4, 2}, {131072, 8, 4, 2},  {131072, 1024, 8, 2},
+    {262144, 256, 8, 2}, {65536, 4096, 4, 3}};
 // The forms the large variant is built for (its launcher refuses others).
 constexpr bool large_rules_are_built() {
   for (const LargeShapeRule& rule : kLargeShapeRules) {

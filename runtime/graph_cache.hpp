@@ -5,11 +5,12 @@
 // launches, so back-to-back launches with different counts do not race. Measured against a memset
 // node that writes the count into device memory before the kernels: one node fewer per replay.
 //
-// Two executable graphs take the updates in turn: the one updated is not the one launched last,
-// which may still be queued or running. On the H200 (2026-12-02) an update and launch of the same
-// executable graph cost 0.45-0.5 us of host time over the launch alone, alternating between two
-// 0.16-0.38 us. The update still costs host time, so a bucket may also hold one executable graph
-// per count it takes, each with its count fixed: a launch then updates nothing.
+// Two executable graphs take the updates in turn, so a count that returns every other step (two
+// interleaved batch sizes) takes no update, and the graph updated is not the one launched last.
+// Correctness does not depend on that: an update affects later launches only. The update (the
+// driver call, KernelNodeUpdate) costs 0.20-0.37 us of host time alone on the H200, 2026-12-02
+// (bench/floor_bench). A bucket may also hold one executable graph per count it takes, each with
+// its count fixed: a launch then updates nothing.
 #pragma once
 
 #include <cuda_runtime_api.h>

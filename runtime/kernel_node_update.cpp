@@ -11,6 +11,8 @@ namespace {
 
 // The driver's codes for what these calls return share the runtime's numbers.
 static_assert(static_cast<int>(CUDA_ERROR_INVALID_VALUE) == cudaErrorInvalidValue);
+static_assert(static_cast<int>(CUDA_ERROR_NOT_INITIALIZED) == cudaErrorInitializationError);
+static_assert(static_cast<int>(CUDA_ERROR_DEINITIALIZED) == cudaErrorCudartUnloading);
 static_assert(static_cast<int>(CUDA_ERROR_INVALID_HANDLE) == cudaErrorInvalidResourceHandle);
 static_assert(static_cast<int>(CUDA_ERROR_INVALID_CONTEXT) == cudaErrorDeviceUninitialized);
 static_assert(static_cast<int>(CUDA_ERROR_OUT_OF_MEMORY) == cudaErrorMemoryAllocation);
@@ -55,6 +57,7 @@ const DriverCalls& driver() {
 
 KernelNodeUpdate::KernelNodeUpdate(cudaGraphNode_t node) : node_(node) {
   check(driver().get_params(node_, &params_), "cuGraphKernelNodeGetParams(node_, &params_)");
+  params_.kernelParams = nullptr;  // set_args supplies them
   params_.extra = nullptr;
 }
 

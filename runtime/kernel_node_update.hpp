@@ -11,10 +11,12 @@
 
 namespace moe_dispatch::detail {
 
+// Holds the node's handle: the node's graph outlives the object. Used by one thread at a time.
 class KernelNodeUpdate {
  public:
   // Reads the launch shape and kernel of `node`, a kernel node of the graph the executable graphs
-  // it updates were instantiated from.
+  // it updates were instantiated from. Throws CudaError naming the call (the entry points'
+  // lookup included).
   explicit KernelNodeUpdate(cudaGraphNode_t node);
 
   // Replaces the node's arguments in `exec` with `args` (one pointer per kernel parameter, values
