@@ -459,6 +459,7 @@ struct ExpertParallelDispatch::Impl {
 
   void capture_bucket(EpBucket& b) {
     const int cap = b.tokens;
+    cudaGraphNode_t route_node = nullptr;
     b.dispatch_graph = capture([&](cudaStream_t s) {
       MOE_DISPATCH_CUDA_CHECK(kernels::launch_ep_route(route_params(cap, 0), s));
       // The route kernel is the capture's only frontier node right after its launch.
@@ -472,12 +473,13 @@ struct ExpertParallelDispatch::Impl {
                     ": expected the route kernel as the only node after its launch, found " +
                     std::to_string(frontier_size));
       }
-      b.route_update.emplace(frontier[0]);
+      route_node = frontier[0];
       align_by_rank(cap, s);
       MOE_DISPATCH_CUDA_CHECK(kernels::launch_ep_pack(pack_params(cap), s));
       run_exchange_dispatch(cap, s);
       b.local = run_unpack(cap, s);
     });
+    b.route_update.emplace(route_node);  // the node's parameters read outside the capture
     b.bound_count = 0;
     b.dispatch_exec = detail::instantiate_uploaded(b.dispatch_graph.get(), capture_stream.get());
     b.combine_graph = capture([&](cudaStream_t s) {

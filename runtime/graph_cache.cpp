@@ -43,12 +43,16 @@ BucketGraph::BucketGraph(const kernels::AlignParams& params, const kernels::Alig
   }
 }
 
-cudaKernelNodeParams BucketGraph::retarget(const std::int32_t* d_num_tokens, int num_tokens) {
+void** BucketGraph::retarget_args(const std::int32_t* d_num_tokens, int num_tokens) {
   args_.num_tokens = d_num_tokens;
   args_.host_num_tokens = num_tokens;
   arg_pointers_[0] = &args_;
+  return arg_pointers_;
+}
+
+cudaKernelNodeParams BucketGraph::retarget(const std::int32_t* d_num_tokens, int num_tokens) {
   cudaKernelNodeParams p = first_params_;
-  p.kernelParams = arg_pointers_;
+  p.kernelParams = retarget_args(d_num_tokens, num_tokens);
   p.extra = nullptr;
   return p;  // the CUDA call that takes it copies the argument values
 }
@@ -57,18 +61,18 @@ cudaGraphExec_t BucketGraph::bind(const std::int32_t* d_num_tokens, int num_toke
   const auto holds = [&](const Updatable& u) {
     return u.bound_pointer == d_num_tokens && u.bound_count == num_tokens;
   };
-  if (!holds(updatable_[last_])) {
-    last_ = 1 - last_;
-    Updatable& u = updatable_[last_];
-    if (!holds(u)) {
-      const cudaKernelNodeParams p = retarget(d_num_tokens, num_tokens);
-      update_->set_args(u.exec.get(), p.kernelParams);
-      u.bound_pointer = d_num_tokens;
-      u.bound_count = num_tokens;
-      ++parameter_updates_;
-    }
+  if (holds(updatable_[last_])) return updatable_[last_].exec.get();
+  const std::size_t other = 1 - last_;
+  Updatable& u = updatable_[other];
+  if (!holds(u)) {
+    // On a throw nothing below runs: u still records what its graph holds, last_ is unchanged.
+    update_->set_args(u.exec.get(), retarget_args(d_num_tokens, num_tokens));
+    u.bound_pointer = d_num_tokens;
+    u.bound_count = num_tokens;
+    ++parameter_updates_;
   }
-  return updatable_[last_].exec.get();
+  last_ = other;
+  return u.exec.get();
 }
 
 void BucketGraph::launch(int num_tokens, cudaStream_t stream) {

@@ -60,7 +60,9 @@ class BucketGraph {
     int bound_count = 0;
   };
 
-  // Node parameters of the first kernel retargeted to a count source; points into args_.
+  // The first kernel's arguments retargeted to a count source (points into args_), and its node
+  // parameters with them.
+  void** retarget_args(const std::int32_t* d_num_tokens, int num_tokens);
   cudaKernelNodeParams retarget(const std::int32_t* d_num_tokens, int num_tokens);
   // The updatable graph to launch for a count source: the one launched last if it holds the
   // source (a steady loop repeats counts and pays no update), else the other, updated to it.
