@@ -149,55 +149,58 @@ int sweep_large_kernels(cudaStream_t stream) {
 }
 
 // variant_bench grids: the one-kernel plans of decode steps (tiny, and small without clusters)
-// with their grid cut down, each replayed as a one-node graph (GPU time per replay, queued), as
+// at other grids than planned, each replayed as a one-node graph (GPU time per replay, queued), as
 // a DispatchStage bucket replays it. A replay pays for every block of the grid, idle ones too,
 // while more blocks share the fill of the outputs (numel + E * (B - 1) entries).
-int sweep_one_kernel_grids(cudaStream_t stream) {
-  struct Shape {
-    int experts, top_k, block;
-  };
-  const Shape shapes[] = {{8, 2, 64},   {64, 2, 128}, {128, 8, 64},
-                          {256, 8, 64}, {512, 8, 64}, {1024, 8, 128}};
-  const std::int64_t numels[] = {8, 32, 64, 128, 256, 512, 1024};
+struct GridShape {
+  int experts, top_k, block;
+};
+int sweep_one_kernel_grids(const std::vector<GridShape>& shapes, cudaStream_t stream) {
+  const std::int64_t numels[] = {8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384};
   const int grids[] = {1, 2, 3, 5, 9, 17, 33, 65, 128};
   std::mt19937 rng(13);
-  std::printf("| E | top_k | B | numel | variant | planned grid | µs per replay at grid");
+  std::printf("| E | top_k | B | numel | variant | count | planned grid | µs per replay at grid");
   for (const int g : grids) std::printf(" %d |", g);
-  std::printf("\n|---|---|---|---|---|---|---|");
+  std::printf("\n|---|---|---|---|---|---|---|---|");
   for (std::size_t i = 1; i < std::size(grids); ++i) std::printf("---|");
   std::printf("\n");
-  for (const Shape& s : shapes) {
+  for (const GridShape& s : shapes) {
     for (const std::int64_t numel : numels) {
       if (numel % s.top_k != 0) continue;
       const mk::AlignPlan planned = mk::plan_align(numel, s.experts, s.block);
       if (planned.kernels != 1 || planned.cluster != 1) continue;
-      Point point(s.experts, s.top_k, s.block, static_cast<int>(numel / s.top_k), 0, rng);
-      std::printf("| %d | %d | %d | %lld | %s | %d |", s.experts, s.top_k, s.block,
-                  static_cast<long long>(numel),
-                  planned.variant == mk::AlignVariant::kTiny ? "tiny" : "small", planned.grid);
-      for (const int g : grids) {
-        if (g > planned.grid) {
-          std::printf(" |");
-          continue;
+      const int tokens = static_cast<int>(numel / s.top_k);
+      Point point(s.experts, s.top_k, s.block, tokens, 0, rng);
+      // The count as a kernel parameter (a DispatchStage's run()) and read from device memory
+      // (run_device_count()): the kernel waits for the latter, which hides more of the fill.
+      for (const bool device_count : {false, true}) {
+        mk::AlignParams params = point.params;
+        params.host_num_tokens = tokens;
+        if (!device_count) params.num_tokens = nullptr;
+        std::printf("| %d | %d | %d | %lld | %s | %s | %d |", s.experts, s.top_k, s.block,
+                    static_cast<long long>(numel),
+                    planned.variant == mk::AlignVariant::kTiny ? "tiny" : "small",
+                    device_count ? "device" : "host", planned.grid);
+        for (const int g : grids) {
+          mk::AlignPlan plan = planned;
+          plan.grid = g;
+          MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+          const cudaError_t launched = mk::launch_align(params, plan, stream);
+          cudaGraph_t raw = nullptr;
+          const cudaError_t ended = cudaStreamEndCapture(stream, &raw);
+          md::Graph graph(raw);
+          MOE_DISPATCH_CUDA_CHECK(launched);
+          MOE_DISPATCH_CUDA_CHECK(ended);
+          cudaGraphExec_t exec_raw = nullptr;
+          MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
+          md::GraphExec exec(exec_raw);
+          MOE_DISPATCH_CUDA_CHECK(cudaGraphUpload(exec.get(), stream));
+          std::printf(" %.2f |", md::bench::queued_us_per_call(stream, 15, 64, [&] {
+                        MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream));
+                      }));
         }
-        mk::AlignPlan plan = planned;
-        plan.grid = g;
-        MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-        const cudaError_t launched = mk::launch_align(point.params, plan, stream);
-        cudaGraph_t raw = nullptr;
-        const cudaError_t ended = cudaStreamEndCapture(stream, &raw);
-        md::Graph graph(raw);
-        MOE_DISPATCH_CUDA_CHECK(launched);
-        MOE_DISPATCH_CUDA_CHECK(ended);
-        cudaGraphExec_t exec_raw = nullptr;
-        MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
-        md::GraphExec exec(exec_raw);
-        MOE_DISPATCH_CUDA_CHECK(cudaGraphUpload(exec.get(), stream));
-        std::printf(" %.2f |", md::bench::queued_us_per_call(stream, 15, 64, [&] {
-                      MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream));
-                    }));
+        std::printf("\n");
       }
-      std::printf("\n");
     }
   }
   return 0;
@@ -205,9 +208,9 @@ int sweep_one_kernel_grids(cudaStream_t stream) {
 
 }  // namespace
 
-// Usage: variant_bench [E TOP_K B TOKENS | shapes | large | grids]  (one point, e.g. under a
-// profiler; the small variant's shapes; the large variant's two- and three-kernel forms; the
-// one-kernel plans' grids per replay; default: the crossover grid)
+// Usage: variant_bench [E TOP_K B TOKENS | shapes | large | grids [E TOP_K B]]  (one point, e.g.
+// under a profiler; the small variant's shapes; the large variant's two- and three-kernel forms;
+// the one-kernel plans' grids per replay, for every shape or one; default: the crossover grid)
 int main(int argc, char** argv) {
   if (argc == 2 && std::string(argv[1]) == "shapes") {
     const md::Stream stream = md::make_stream();
@@ -217,9 +220,12 @@ int main(int argc, char** argv) {
     const md::Stream stream = md::make_stream();
     return sweep_large_kernels(stream.get());
   }
-  if (argc == 2 && std::string(argv[1]) == "grids") {
+  if (argc >= 2 && std::string(argv[1]) == "grids") {
+    std::vector<GridShape> shapes{{8, 2, 64},   {64, 2, 128},   {128, 8, 64}, {256, 8, 64},
+                                  {512, 8, 64}, {1024, 8, 128}, {2048, 8, 64}};
+    if (argc == 5) shapes = {{std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4])}};
     const md::Stream stream = md::make_stream();
-    return sweep_one_kernel_grids(stream.get());
+    return sweep_one_kernel_grids(shapes, stream.get());
   }
   struct Shape {
     int experts, top_k, block;

@@ -260,9 +260,11 @@ AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size,
   plan.items = shape.items;
   plan.cluster = shape.cluster;
   plan.fill_threads = shape.fill;
-  const int grid = write_blocks(max_numel + std::int64_t{num_experts} * block_size, kMaxSmallGrid);
-  plan.grid = (grid + shape.cluster - 1) / shape.cluster * shape.cluster;
+  const std::int64_t entries = max_numel + std::int64_t{num_experts} * block_size;
   const bool clustered = shape.cluster > 1;
+  const int grid = clustered ? write_blocks(entries, kMaxSmallGrid)
+                             : one_block_small_grid(entries, kMaxSmallGrid);
+  plan.grid = (grid + shape.cluster - 1) / shape.cluster * shape.cluster;
   const std::size_t int_entries = clustered
                                       ? static_cast<std::size_t>(cluster_ints_before(num_experts))
                                       : 2 * static_cast<std::size_t>(num_experts);

@@ -167,7 +167,7 @@ AlignPlan tiny_plan(std::int64_t max_numel, int num_experts, int block_size) {
   plan.items = max_numel <= kWarp ? 1 : 2;
   static_assert(kTinyMaxNumel == 2 * kWarp);
   plan.grid = write_blocks(max_numel + std::int64_t{num_experts} * block_size, kMaxTinyGrid,
-                           kTinyOutputEntriesPerBlock);
+                           kOneKernelEntriesPerBlock);
   plan.shared_bytes = 0;
   plan.kernels = 1;
   return plan;

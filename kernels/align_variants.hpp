@@ -131,13 +131,24 @@ static_assert(large_rules_are_built());
 // square of the slots per lane: at 4 it was measured slower than the small variant for E <= 256).
 inline constexpr std::int64_t kTinyMaxNumel = 64;
 
-// Output entries (slots, padding and tail) per block of a tiny or small kernel, so the stores
+// Output entries (slots, padding and tail) per block of a small kernel in clusters, so the stores
 // spread over SMs (the large variant's scatter blocks take more, align_large.cu). Measured against
-// 2048 on the small variant: up to 10% faster (E 64, B 128, 64 tokens), equal elsewhere. The tiny
-// variant takes twice as many blocks (`variant_bench` with 256, 512 and 1024 on the H200: 512 was
-// 0.03-0.06 us faster than 1024 for E 128 and 256, level elsewhere; 256 no faster than 512).
+// 2048: up to 10% faster (E 64, B 128, 64 tokens), equal elsewhere.
 inline constexpr std::int64_t kOutputEntriesPerBlock = 1024;
-inline constexpr std::int64_t kTinyOutputEntriesPerBlock = 512;
+// The kernels without clusters (tiny, and small in one block) replay as a one-node graph in a
+// DispatchStage, and a replay pays for every block of the grid (bench/floor_bench: 17 blocks
+// against 1 cost 0.22 us more per replay), while every block ranks all slots itself and fills its
+// share of the outputs meanwhile. So they take 4096 entries per block, and the small variant,
+// whose ranking hides less fill than the tiny one's at small E, at least one block per 1024 up to
+// 9 blocks. Measured with `variant_bench grids` (one-node replays with the count as a kernel
+// parameter, H200, 2026-12-02, two runs; per replay, against the former 512 entries per tiny
+// block and 1024 per small one): tiny, 64 slots, E 64 3 blocks 2.52 us (17: 2.60), E 256 5 2.49
+// (33: 2.57), E 512 9 2.45 (65: 2.61); 8 slots at E 1024 33 blocks 2.29 (128: 2.46); small, 128
+// slots, E 256 9 blocks 2.58 (17: 2.74), E 1024 33 3.54 (128: 3.85); 512 slots, E 512 9 3.37
+// (33: 3.53). Level elsewhere within a replay's 0.08 us steps; fewer blocks than these are slower.
+inline constexpr std::int64_t kOneKernelEntriesPerBlock = 4096;
+inline constexpr std::int64_t kOneBlockSmallEntriesPerBlock = 1024;
+inline constexpr int kOneBlockSmallMinGrid = 9;
 
 // Blocks that share the writing of `entries` output entries: one per `per_block`, at least 1, at
 // most max_blocks.
@@ -145,6 +156,13 @@ constexpr int write_blocks(std::int64_t entries, int max_blocks,
                            std::int64_t per_block = kOutputEntriesPerBlock) {
   const std::int64_t blocks = (entries + per_block - 1) / per_block;
   return static_cast<int>(blocks < 1 ? 1 : (blocks > max_blocks ? max_blocks : blocks));
+}
+
+// The grid of a small kernel without clusters for `entries` output entries.
+constexpr int one_block_small_grid(std::int64_t entries, int max_blocks) {
+  const int fill = write_blocks(entries, kOneBlockSmallMinGrid, kOneBlockSmallEntriesPerBlock);
+  const int share = write_blocks(entries, max_blocks, kOneKernelEntriesPerBlock);
+  return fill > share ? fill : share;
 }
 
 // AlignParams::region_blocks for a one-kernel launch whose output blocks (those defined at its
