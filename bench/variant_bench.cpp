@@ -47,6 +47,31 @@ double graph_us(const mk::AlignParams& p, const mk::AlignPlan& plan, cudaStream_
   return samples[samples.size() / 2];
 }
 
+// GPU time per replay of one alignment captured as a one-node graph (queued, so the host's submit
+// time is not in it), as a DispatchStage bucket replays it.
+double replay_us(const mk::AlignParams& p, const mk::AlignPlan& plan, cudaStream_t stream) {
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  const cudaError_t launched = mk::launch_align(p, plan, stream);
+  cudaGraph_t raw = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(stream, &raw);
+  md::Graph graph(raw);
+  MOE_DISPATCH_CUDA_CHECK(launched);
+  MOE_DISPATCH_CUDA_CHECK(ended);
+  cudaGraphExec_t exec_raw = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
+  md::GraphExec exec(exec_raw);
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphUpload(exec.get(), stream));
+  return md::bench::queued_us_per_call(
+      stream, 15, 64, [&] { MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream)); });
+}
+
+// The parameters with the count as a kernel parameter, as DispatchStage::run() passes it.
+mk::AlignParams with_host_count(mk::AlignParams p, int tokens) {
+  p.num_tokens = nullptr;
+  p.host_num_tokens = tokens;
+  return p;
+}
+
 // Device buffers and parameters for one shape and token count, routed uniformly at random.
 struct Point {
   md::DeviceBuffer<std::int32_t> input, count, post, sorted, blocks, scratch;
@@ -82,7 +107,8 @@ struct Point {
 };
 
 // variant_bench shapes: every small-variant block and cluster shape that holds the step (with at
-// most four times its slots), per shape and slot count.
+// most four times its slots), per shape and slot count: kernel time in a graph of 100 calls
+// (count in device memory) and GPU time per one-node replay (count as a parameter).
 int sweep_small_shapes(cudaStream_t stream) {
   struct Shape {
     int experts, top_k, block;
@@ -91,8 +117,8 @@ int sweep_small_shapes(cudaStream_t stream) {
                           {256, 8, 64}, {512, 8, 64}, {1024, 8, 128}};
   std::mt19937 rng(9);
   std::printf(
-      "| E | top_k | B | numel | threads x items x cluster | grid | µs |\n"
-      "|---|---|---|---|---|---|---|\n");
+      "| E | top_k | B | numel | threads x items x cluster | grid | µs | replay µs |\n"
+      "|---|---|---|---|---|---|---|---|\n");
   for (const Shape& s : shapes) {
     for (std::int64_t numel = 128; numel <= mk::kSmallMaxNumel; numel *= 2) {
       const int tokens = static_cast<int>(numel / s.top_k);
@@ -100,11 +126,12 @@ int sweep_small_shapes(cudaStream_t stream) {
       for (const mk::SmallShape& shape : mk::kSmallShapes) {
         if (shape.capacity() < numel || shape.capacity() > 4 * numel) continue;
         const mk::AlignPlan plan = mk::small_plan(numel, s.experts, s.block, shape);
-        std::printf("| %d | %d | %d | %lld | %d x %d x %d%s%s | %d | %.2f |\n", s.experts, s.top_k,
-                    s.block, static_cast<long long>(numel), shape.threads, shape.items,
+        std::printf("| %d | %d | %d | %lld | %d x %d x %d%s%s | %d | %.2f | %.2f |\n", s.experts,
+                    s.top_k, s.block, static_cast<long long>(numel), shape.threads, shape.items,
                     shape.cluster, shape.fill > 0 ? " + fill " : "",
                     shape.fill > 0 ? std::to_string(shape.fill).c_str() : "", plan.grid,
-                    graph_us(point.params, plan, stream));
+                    graph_us(point.params, plan, stream),
+                    replay_us(with_host_count(point.params, tokens), plan, stream));
       }
     }
   }
@@ -174,9 +201,8 @@ int sweep_one_kernel_grids(const std::vector<GridShape>& shapes, cudaStream_t st
       // The count as a kernel parameter (a DispatchStage's run()) and read from device memory
       // (run_device_count()): the kernel waits for the latter, which hides more of the fill.
       for (const bool device_count : {false, true}) {
-        mk::AlignParams params = point.params;
-        params.host_num_tokens = tokens;
-        if (!device_count) params.num_tokens = nullptr;
+        const mk::AlignParams params =
+            device_count ? point.params : with_host_count(point.params, tokens);
         std::printf("| %d | %d | %d | %lld | %s | %s | %d |", s.experts, s.top_k, s.block,
                     static_cast<long long>(numel),
                     planned.variant == mk::AlignVariant::kTiny ? "tiny" : "small",
@@ -184,20 +210,7 @@ int sweep_one_kernel_grids(const std::vector<GridShape>& shapes, cudaStream_t st
         for (const int g : grids) {
           mk::AlignPlan plan = planned;
           plan.grid = g;
-          MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-          const cudaError_t launched = mk::launch_align(params, plan, stream);
-          cudaGraph_t raw = nullptr;
-          const cudaError_t ended = cudaStreamEndCapture(stream, &raw);
-          md::Graph graph(raw);
-          MOE_DISPATCH_CUDA_CHECK(launched);
-          MOE_DISPATCH_CUDA_CHECK(ended);
-          cudaGraphExec_t exec_raw = nullptr;
-          MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
-          md::GraphExec exec(exec_raw);
-          MOE_DISPATCH_CUDA_CHECK(cudaGraphUpload(exec.get(), stream));
-          std::printf(" %.2f |", md::bench::queued_us_per_call(stream, 15, 64, [&] {
-                        MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream));
-                      }));
+          std::printf(" %.2f |", replay_us(params, plan, stream));
         }
         std::printf("\n");
       }
