@@ -42,18 +42,20 @@ struct SmallShapeRule {
 // run, and the same within 0.02 us in the next). Every ranking warp zeroes a counter row and the
 // prefix walks over the rows, so each range of steps takes the fewest ranking warps whose slots per
 // thread stay cheap:
-// - up to 128 slots 128 x 1, with 64 fill threads up to 128 experts and 128 past them (04:50Z:
-//   E 64 2.06 us against 2.08 with 128 and 2.14 without; E 256 2.14 against 2.33 with 64; at
-//   06:50Z 128 was 0.01-0.03 ahead of 64 at E 8 and 64, within the spread between runs);
+// - up to 128 slots 128 x 1 with 128 fill threads (04:50Z: E 256 2.14 against 2.33 with 64; at
+//   E 8-128 128 and 64 fill threads were level in kernel time (within 0.04), and at 15:46Z, with
+//   the grids of kOneKernelEntriesPerBlock, 128 took 0.00-0.13 us less per one-node replay: E 8
+//   2.64 against 2.74, E 128 2.65 against 2.78);
 // - 129-256 slots 128 x 2, with 64 fill threads up to E 128, 128 up to 512 and 256 past them
 //   (06:46Z: E 8 1.97 against 2.17 for 256 x 2 + 128; E 256 2.19 against 2.46; E 1024 3.17 against
 //   3.30 for 256 x 2 + 256);
 // - 257-512 slots 256 x 2, with 128 fill threads up to E 256 and 256 past them (04:50Z: E 256 2.62
 //   against 2.68 without and 2.74 with 256; E 512 2.90 against 3.02 without; 06:46Z: 128 x 4 + 128
 //   2.71 against 2.53 at E 256);
-// - 513-1024 slots 256 x 4, with 256 fill threads past E 512 (06:37Z: E 8 2.70 against 2.87 for
+// - 513-1024 slots 256 x 4, with 256 fill threads past E 256 (06:37Z: E 8 2.70 against 2.87 for
 //   clusters of 4 x 256 x 1 and 2.77 for 512 x 2; E 256 2.96 against 3.07 and 3.12; E 1024 3.91
-//   against 4.06 for 512 x 2, and 4.63 for 512 x 4 at 06:34Z);
+//   against 4.06 for 512 x 2, and 4.63 for 512 x 4 at 06:34Z; 15:46Z: E 512 3.30 against 3.39
+//   without fill threads, 4.12 against 4.29 per replay);
 // - from 1025 slots clusters of 8 blocks of 256 threads for E <= 512, 1, 2, 4 and 8 slots per
 //   thread up to 2048, 4096, 8192 and 16384 slots (06:43Z, E 256: 8192 slots 3.92 against 4.15 for
 //   512 x 2 x 8; 16384 4.83 against 4.98 for 512 x 4 x 8; 06:40Z: 256 x 8 x 1 3.77 against 3.24 at
@@ -63,7 +65,6 @@ struct SmallShapeRule {
 //   8 x 512 x 2);
 // - E past 1024 keeps the shapes without fill warps or clusters, not measured against them.
 inline constexpr SmallShapeRule kSmallShapeRules[] = {
-    {128, 128, {128, 1, 1, 64}},
     {128, 1024, {128, 1, 1, 128}},
     {256, 128, {128, 2, 1, 64}},
     {256, 512, {128, 2, 1, 128}},
@@ -71,7 +72,7 @@ inline constexpr SmallShapeRule kSmallShapeRules[] = {
     {512, 256, {256, 2, 1, 128}},
     {512, 1024, {256, 2, 1, 256}},
     {512, kSmallMaxExperts, {256, 2, 1}},
-    {1024, 512, {256, 4, 1}},
+    {1024, 256, {256, 4, 1}},
     {1024, 1024, {256, 4, 1, 256}},
     {2048, 512, {256, 1, 8}},
     {4096, 512, {256, 2, 8}},

@@ -23,16 +23,22 @@ TEST_CASE("the planner: variant, block shape, cluster and large form on both sid
     }
   }
   CHECK(mk::plan_align(std::int64_t{1} << 20, 256, 64).variant == mk::AlignVariant::kLarge);
-  // One block of 128 x 2 at 129-256 slots, of 256 x 4 at 513-1024 (256 fill threads more past 512
-  // experts); clusters share the ranking from 1025 slots up to E = 512 and from 2049 up to
-  // E = 1024 (measured ahead there), not past 1024 experts.
+  // One block of 128 x 1 with 128 fill threads up to 128 slots (up to E = 1024), of 128 x 2 at
+  // 129-256 slots, of 256 x 4 at 513-1024 (256 fill threads more past 256 experts); clusters share
+  // the ranking from 1025 slots up to E = 512 and from 2049 up to E = 1024 (measured ahead there),
+  // not past 1024 experts.
+  for (const int experts : {8, 1024}) {
+    const mk::AlignPlan one = mk::plan_align(128, experts, 64);
+    CHECK((one.cluster == 1 && one.threads == 128 && one.items == 1 && one.fill_threads == 128));
+  }
+  CHECK(mk::plan_align(128, 1025, 64).fill_threads == 0);
   const mk::AlignPlan two = mk::plan_align(129, 1024, 64);
   CHECK((two.cluster == 1 && two.threads == 128 && two.items == 2 && two.fill_threads == 256));
   CHECK(mk::plan_align(256, 128, 64).fill_threads == 64);
   CHECK(mk::plan_align(257, 128, 64).threads == 256);
-  const mk::AlignPlan four = mk::plan_align(513, 512, 64);
+  const mk::AlignPlan four = mk::plan_align(513, 256, 64);
   CHECK((four.cluster == 1 && four.threads == 256 && four.items == 4 && four.fill_threads == 0));
-  CHECK(mk::plan_align(1024, 513, 64).fill_threads == 256);
+  CHECK(mk::plan_align(1024, 257, 64).fill_threads == 256);
   CHECK(mk::plan_align(1025, 512, 64).cluster == 8);
   CHECK(mk::plan_align(4096, 512, 64).cluster == 8);
   CHECK(mk::plan_align(2048, 1024, 64).cluster == 1);
