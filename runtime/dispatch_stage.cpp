@@ -169,7 +169,7 @@ struct DispatchStage::Impl {
                         __FILE__, __LINE__);
       }
       // Buckets up to fixed_count_graphs_up_to tokens hold one executable graph per count, so
-      // run() launches without updating a kernel parameter (0.20-0.37 us of host time per new
+      // run() launches without updating a kernel parameter (0.14-0.37 us of host time per new
       // count, graph_cache.hpp); a decode loop's count changes nearly every step. Larger
       // buckets update their two updatable graphs in turn: their counts are many, and a
       // prefill step's kernels outlast the update.

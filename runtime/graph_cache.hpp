@@ -6,9 +6,10 @@
 // node that writes the count into device memory before the kernels: one node fewer per replay.
 //
 // Two executable graphs take the updates in turn, so a count that returns every other step (two
-// interleaved batch sizes) takes no update, and the graph updated is not the one launched last.
-// Correctness does not depend on that: an update affects later launches only. The update (the
-// driver call, KernelNodeUpdate) costs 0.20-0.37 us of host time alone on the H200, 2026-12-02
+// interleaved batch sizes) takes no update. The graph updated is then not the one launched last;
+// that measured no cheaper than updating one graph (bench/floor_bench), and correctness does not
+// depend on it: an update affects later launches only. The update (the driver call,
+// KernelNodeUpdate) costs 0.14-0.37 us of host time alone on the H200, 2026-12-02
 // (bench/floor_bench). A bucket may also hold one executable graph per count it takes, each with
 // its count fixed: a launch then updates nothing.
 #pragma once
