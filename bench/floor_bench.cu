@@ -4,7 +4,7 @@
 // to back, bench/queued_timing.hpp), and the host time of one cudaGraphLaunch (the part
 // of DispatchStage::run() that is the driver's). Reference kernels: an empty one, and one that
 // loads a 32-slot row and stores it (the least a dispatch kernel must do: read the routing, write
-// an output), on 1 block and on 17 blocks (the tiny variant's grid at E = 256, B = 64). Then the
+// an output), on 1 block and on 17 blocks (a decode-sized grid). Then the
 // host cost of the runtime calls run() makes besides the launch, and of the kernel-parameter
 // update it makes when a count changes.
 #include <cuda.h>

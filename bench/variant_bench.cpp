@@ -1,6 +1,7 @@
-// variant_bench: the measurement behind plan_align()'s choice between the small and the large
-// variant. A tuning tool over the internal kernels (not public API): per shape and token count,
-// each variant's kernel time with 100 calls captured in one graph (medians of 15 replays).
+// variant_bench: the measurement behind plan_align()'s choices: the variant, the small variant's
+// block shapes, the large variant's forms and the one-kernel grids. A tuning tool over the internal
+// kernels (not public API): per shape and token count, kernel time with 100 calls captured in one
+// graph (medians of 15 replays), and, for the shapes and grids, GPU time per one-node replay.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -225,6 +226,18 @@ int sweep_one_kernel_grids(const std::vector<GridShape>& shapes, cudaStream_t st
 // under a profiler; the small variant's shapes; the large variant's two- and three-kernel forms;
 // the one-kernel plans' grids per replay, for every shape or one; default: the crossover grid)
 int main(int argc, char** argv) {
+  const auto usage = [] {
+    std::fprintf(stderr,
+                 "usage: variant_bench [E TOP_K B TOKENS | shapes | large | grids [E TOP_K B]] "
+                 "(positive integers)\n");
+    return 2;
+  };
+  // A shape argument: a positive integer, else 0.
+  const auto positive = [](const char* text) {
+    char* end = nullptr;
+    const long value = std::strtol(text, &end, 10);
+    return (*end != '\0' || value < 1 || value > 1 << 30) ? 0 : static_cast<int>(value);
+  };
   if (argc == 2 && std::string(argv[1]) == "shapes") {
     const md::Stream stream = md::make_stream();
     return sweep_small_shapes(stream.get());
@@ -236,7 +249,11 @@ int main(int argc, char** argv) {
   if (argc >= 2 && std::string(argv[1]) == "grids") {
     std::vector<GridShape> shapes{{8, 2, 64},   {64, 2, 128},   {128, 8, 64}, {256, 8, 64},
                                   {512, 8, 64}, {1024, 8, 128}, {2048, 8, 64}};
-    if (argc == 5) shapes = {{std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4])}};
+    if (argc != 2 && argc != 5) return usage();
+    if (argc == 5) {
+      shapes = {{positive(argv[2]), positive(argv[3]), positive(argv[4])}};
+      if (shapes[0].experts == 0 || shapes[0].top_k == 0 || shapes[0].block == 0) return usage();
+    }
     const md::Stream stream = md::make_stream();
     return sweep_one_kernel_grids(shapes, stream.get());
   }
@@ -246,9 +263,14 @@ int main(int argc, char** argv) {
   std::vector<Shape> shapes{{8, 2, 64},   {64, 2, 128}, {128, 8, 64},
                             {256, 8, 64}, {512, 8, 64}, {1024, 8, 128}};
   std::vector<int> token_counts{1, 2, 4, 8, 16, 64, 256, 512, 1024, 2048, 4096, 16384};
+  if (argc != 1 && argc != 5) return usage();
   if (argc == 5) {
-    shapes = {{std::atoi(argv[1]), std::atoi(argv[2]), std::atoi(argv[3])}};
-    token_counts = {std::atoi(argv[4])};
+    shapes = {{positive(argv[1]), positive(argv[2]), positive(argv[3])}};
+    token_counts = {positive(argv[4])};
+    if (shapes[0].experts == 0 || shapes[0].top_k == 0 || shapes[0].block == 0 ||
+        token_counts[0] == 0) {
+      return usage();
+    }
   }
   const md::Stream stream = md::make_stream();
   std::mt19937 rng(5);

@@ -38,10 +38,11 @@ struct SmallShapeRule {
   int max_experts;
   SmallShape shape;
 };
-// Measured (`variant_bench shapes`, H200, 2026-12-02, docs/BENCHMARKS.md; every pair below from one
-// run, and the same within 0.02 us in the next). Every ranking warp zeroes a counter row and the
-// prefix walks over the rows, so each range of steps takes the fewest ranking warps whose slots per
-// thread stay cheap:
+// Measured (`variant_bench shapes`, H200, 2026-12-02, docs/BENCHMARKS.md; every kernel-time pair
+// below from one run, and the same within 0.02 us in the next; the per-replay pairs moved by up to
+// 0.2 us between runs, the order within each run the same). Every ranking warp zeroes a counter row
+// and the prefix walks over the rows, so each range of steps takes the fewest ranking warps whose
+// slots per thread stay cheap:
 // - up to 128 slots 128 x 1 with 128 fill threads (04:50Z: E 256 2.14 against 2.33 with 64; at
 //   E 8-128 128 and 64 fill threads were level in kernel time (within 0.04), and at 15:46Z, with
 //   the grids of kOneKernelEntriesPerBlock, 128 took 0.00-0.13 us less per one-node replay: E 8
@@ -138,15 +139,17 @@ inline constexpr std::int64_t kTinyMaxNumel = 64;
 inline constexpr std::int64_t kOutputEntriesPerBlock = 1024;
 // The kernels without clusters (tiny, and small in one block) replay as a one-node graph in a
 // DispatchStage, and a replay pays for every block of the grid (bench/floor_bench: 17 blocks
-// against 1 cost 0.22 us more per replay), while every block ranks all slots itself and fills its
+// against 1 cost 0.23 us more per replay), while every block ranks all slots itself and fills its
 // share of the outputs meanwhile. So they take 4096 entries per block, and the small variant,
 // whose ranking hides less fill than the tiny one's at small E, at least one block per 1024 up to
 // 9 blocks. Measured with `variant_bench grids` (one-node replays with the count as a kernel
-// parameter, H200, 2026-12-02, two runs; per replay, against the former 512 entries per tiny
-// block and 1024 per small one): tiny, 64 slots, E 64 3 blocks 2.52 us (17: 2.60), E 256 5 2.49
-// (33: 2.57), E 512 9 2.45 (65: 2.61); 8 slots at E 1024 33 blocks 2.29 (128: 2.46); small, 128
-// slots, E 256 9 blocks 2.58 (17: 2.74), E 1024 33 3.54 (128: 3.85); 512 slots, E 512 9 3.37
-// (33: 3.53). Level elsewhere within a replay's 0.08 us steps; fewer blocks than these are slower.
+// parameter, H200, 2026-12-02, 15:30Z / 15:43Z; per replay, against the former 512 entries per
+// tiny block and 1024 per small one): tiny, 8 slots at E 1024, 33 blocks 2.29 / 2.27 us (128:
+// 2.46 / 2.59); small, 128 slots, E 256 9 blocks 2.58 / 2.65 (17: 2.74 / 2.86), E 1024 33 3.54 /
+// 3.74 (128: 3.85 / 3.91); 512 slots, E 512 9 3.37 / 3.44 (33: 3.53 / 3.56). Tiny at 64 slots
+// gained in the first run only (E 512 9 blocks 2.45 against 2.61, then 2.60 both). Level
+// elsewhere within a replay's 0.08 us steps, but E 2048 at 4096 slots (65 blocks 11.21 against
+// 33 11.32); fewer blocks than these are slower.
 inline constexpr std::int64_t kOneKernelEntriesPerBlock = 4096;
 inline constexpr std::int64_t kOneBlockSmallEntriesPerBlock = 1024;
 inline constexpr int kOneBlockSmallMinGrid = 9;
@@ -159,11 +162,12 @@ constexpr int write_blocks(std::int64_t entries, int max_blocks,
   return static_cast<int>(blocks < 1 ? 1 : (blocks > max_blocks ? max_blocks : blocks));
 }
 
-// The grid of a small kernel without clusters for `entries` output entries.
+// The grid of a small kernel without clusters for `entries` output entries, at most max_blocks.
 constexpr int one_block_small_grid(std::int64_t entries, int max_blocks) {
   const int fill = write_blocks(entries, kOneBlockSmallMinGrid, kOneBlockSmallEntriesPerBlock);
   const int share = write_blocks(entries, max_blocks, kOneKernelEntriesPerBlock);
-  return fill > share ? fill : share;
+  const int grid = fill > share ? fill : share;
+  return grid < max_blocks ? grid : max_blocks;
 }
 
 // AlignParams::region_blocks for a one-kernel launch whose output blocks (those defined at its

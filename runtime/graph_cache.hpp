@@ -71,7 +71,7 @@ class BucketGraph {
 
   Graph graph_;
   std::array<Updatable, 2> updatable_;
-  std::size_t last_ = 0;          // updatable_[last_] was launched last
+  std::size_t last_ = 0;  // updatable_[last_] went to the last launch (unless that launch threw)
   std::vector<GraphExec> fixed_;  // fixed_[i]: count first_fixed_ + i
   int first_fixed_ = 0;
   std::int64_t parameter_updates_ = 0;

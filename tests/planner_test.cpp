@@ -109,31 +109,35 @@ TEST_CASE("the planner: variant, block shape, cluster and large form on both sid
   CHECK(mk::plan_align(65, 4096, 16).variant == mk::AlignVariant::kLarge);
 }
 
-TEST_CASE("the one-kernel grids: 4096 output entries per block, the small variant at least 9") {
-  // Output entries: max numel + E * B. Tiny: one block per 4096, at most 128.
-  CHECK(mk::plan_align(8, 8, 64).grid == 1);         // 520 entries
-  CHECK(mk::plan_align(64, 64, 128).grid == 3);      // 8256
-  CHECK(mk::plan_align(64, 256, 64).grid == 5);      // 16448
-  CHECK(mk::plan_align(64, 512, 64).grid == 9);      // 32832
-  CHECK(mk::plan_align(8, 1024, 128).grid == 33);    // 131080
-  CHECK(mk::plan_align(64, 4096, 64).grid == 65);    // 262208
-  CHECK(mk::plan_align(64, 4096, 128).grid == 128);  // 524352: the cap
-  // Small in one block: one per 1024 up to 9 blocks, else one per 4096, at most 128.
-  const auto one_block = [](std::int64_t numel, int experts, int block) {
-    const mk::AlignPlan plan = mk::plan_align(numel, experts, block);
-    CHECK(plan.variant == mk::AlignVariant::kSmall);
-    CHECK(plan.cluster == 1);
-    return plan.grid;
-  };
-  CHECK(one_block(128, 8, 64) == 1);        // 640 entries
-  CHECK(one_block(1024, 8, 64) == 2);       // 1536
-  CHECK(one_block(128, 64, 128) == 9);      // 8320
-  CHECK(one_block(512, 256, 64) == 9);      // 16896
-  CHECK(one_block(1024, 512, 64) == 9);     // 33792
-  CHECK(one_block(128, 1024, 128) == 33);   // 131200
-  CHECK(one_block(2048, 2048, 128) == 65);  // 264192
-  // Clusters keep one block per 1024 entries, in whole clusters.
-  const mk::AlignPlan clustered = mk::plan_align(4096, 256, 64);
-  CHECK(clustered.cluster == 8);
-  CHECK(clustered.grid == 24);  // 20480 entries: 20 blocks, rounded up to clusters of 8
+TEST_CASE("the one-kernel grids: 4096 output entries per block, clusters 1024") {
+  // Output entries: max numel + E * B; at most 128 blocks.
+  SUBCASE("tiny: one block per 4096 entries") {
+    CHECK(mk::plan_align(8, 8, 64).grid == 1);         // 520 entries
+    CHECK(mk::plan_align(64, 64, 128).grid == 3);      // 8256
+    CHECK(mk::plan_align(64, 256, 64).grid == 5);      // 16448
+    CHECK(mk::plan_align(64, 512, 64).grid == 9);      // 32832
+    CHECK(mk::plan_align(8, 1024, 128).grid == 33);    // 131080
+    CHECK(mk::plan_align(64, 4096, 64).grid == 65);    // 262208
+    CHECK(mk::plan_align(64, 4096, 128).grid == 128);  // 524352: the cap
+  }
+  SUBCASE("small in one block: one per 1024 entries up to 9 blocks, else one per 4096") {
+    const auto one_block = [](std::int64_t numel, int experts, int block) {
+      const mk::AlignPlan plan = mk::plan_align(numel, experts, block);
+      CHECK(plan.variant == mk::AlignVariant::kSmall);
+      CHECK(plan.cluster == 1);
+      return plan.grid;
+    };
+    CHECK(one_block(128, 8, 64) == 1);        // 640 entries
+    CHECK(one_block(1024, 8, 64) == 2);       // 1536
+    CHECK(one_block(128, 64, 128) == 9);      // 8320
+    CHECK(one_block(512, 256, 64) == 9);      // 16896
+    CHECK(one_block(1024, 512, 64) == 9);     // 33792
+    CHECK(one_block(128, 1024, 128) == 33);   // 131200
+    CHECK(one_block(2048, 2048, 128) == 65);  // 264192
+  }
+  SUBCASE("clusters: one block per 1024 entries, in whole clusters") {
+    const mk::AlignPlan clustered = mk::plan_align(4096, 256, 64);
+    CHECK(clustered.cluster == 8);
+    CHECK(clustered.grid == 24);  // 20480 entries: 20 blocks, rounded up to clusters of 8
+  }
 }

@@ -96,7 +96,7 @@ struct BucketStats {
   // larger buckets, and before a lazy bucket is captured or after its capture failed.
   int fixed_count_graphs = 0;
   // Times the count source of one of the bucket's two updatable executable graphs changed (a
-  // kernel-parameter update, 0.20-0.37 us of host time on the H200): run() outside the fixed-count
+  // kernel-parameter update, 0.14-0.37 us of host time on the H200): run() outside the fixed-count
   // graphs, and run_device_count(), with a count source neither graph holds.
   std::int64_t parameter_updates = 0;
   bool captured = false;
