@@ -176,47 +176,66 @@ int sweep_large_kernels(cudaStream_t stream) {
   return 0;
 }
 
-// variant_bench grids: the one-kernel plans of decode steps (tiny, and small without clusters)
-// at other grids than planned, each replayed as a one-node graph (GPU time per replay, queued), as
-// a DispatchStage bucket replays it. A replay pays for every block of the grid, idle ones too,
-// while more blocks share the fill of the outputs (numel + E * (B - 1) entries).
+// variant_bench grids: the one-kernel plans (tiny, small without clusters, then small in
+// clusters, by whole clusters) at other grids than planned, each replayed as a one-node graph (GPU
+// time per replay, queued), as a DispatchStage bucket replays it. A replay pays for every block of
+// the grid, idle ones too, while more blocks share the fill of the outputs (numel + E * (B - 1)
+// entries).
 struct GridShape {
   int experts, top_k, block;
 };
 int sweep_one_kernel_grids(const std::vector<GridShape>& shapes, cudaStream_t stream) {
   const std::int64_t numels[] = {8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384};
+  // Grids of the plans without clusters, and clusters per grid of the clustered ones.
   const int grids[] = {1, 2, 3, 5, 9, 17, 33, 65, 128};
+  const int clusters[] = {1, 2, 3, 4, 6, 8, 12, 16};
   std::mt19937 rng(13);
-  std::printf("| E | top_k | B | numel | variant | count | planned grid | µs per replay at grid");
-  for (const int g : grids) std::printf(" %d |", g);
-  std::printf("\n|---|---|---|---|---|---|---|---|");
-  for (std::size_t i = 1; i < std::size(grids); ++i) std::printf("---|");
-  std::printf("\n");
-  for (const GridShape& s : shapes) {
-    for (const std::int64_t numel : numels) {
-      if (numel % s.top_k != 0) continue;
-      const mk::AlignPlan planned = mk::plan_align(numel, s.experts, s.block);
-      if (planned.kernels != 1 || planned.cluster != 1) continue;
-      const int tokens = static_cast<int>(numel / s.top_k);
-      Point point(s.experts, s.top_k, s.block, tokens, 0, rng);
-      // The count as a kernel parameter (a DispatchStage's run()) and read from device memory
-      // (run_device_count()): the kernel waits for the latter, which hides more of the fill.
-      for (const bool device_count : {false, true}) {
-        const mk::AlignParams params =
-            device_count ? point.params : with_host_count(point.params, tokens);
-        std::printf("| %d | %d | %d | %lld | %s | %s | %d |", s.experts, s.top_k, s.block,
-                    static_cast<long long>(numel),
-                    planned.variant == mk::AlignVariant::kTiny ? "tiny" : "small",
-                    device_count ? "device" : "host", planned.grid);
-        for (const int g : grids) {
-          mk::AlignPlan plan = planned;
-          plan.grid = g;
-          std::printf(" %.2f |", replay_us(params, plan, stream));
+  // One table per kind of plan: rows of `grids` blocks or of `clusters` whole clusters.
+  const auto table = [&](bool clustered, const auto& sizes) {
+    std::printf(clustered ? "\n| E | top_k | B | numel | shape | count | planned clusters | µs per "
+                            "replay at clusters"
+                          : "| E | top_k | B | numel | variant | count | planned grid | µs per "
+                            "replay at grid");
+    for (const int g : sizes) std::printf(" %d |", g);
+    std::printf("\n|---|---|---|---|---|---|---|---|");
+    for (std::size_t i = 1; i < std::size(sizes); ++i) std::printf("---|");
+    std::printf("\n");
+    for (const GridShape& s : shapes) {
+      for (const std::int64_t numel : numels) {
+        if (numel % s.top_k != 0) continue;
+        const mk::AlignPlan planned = mk::plan_align(numel, s.experts, s.block);
+        if (planned.kernels != 1 || (planned.cluster > 1) != clustered) continue;
+        const int tokens = static_cast<int>(numel / s.top_k);
+        Point point(s.experts, s.top_k, s.block, tokens, 0, rng);
+        // The count as a kernel parameter (a DispatchStage's run()) and read from device memory
+        // (run_device_count()): the kernel waits for the latter, which hides more of the fill.
+        for (const bool device_count : {false, true}) {
+          const mk::AlignParams params =
+              device_count ? point.params : with_host_count(point.params, tokens);
+          const std::string shape =
+              clustered ? std::to_string(planned.threads) + " x " + std::to_string(planned.items) +
+                              " x " + std::to_string(planned.cluster)
+                        : (planned.variant == mk::AlignVariant::kTiny ? "tiny" : "small");
+          std::printf("| %d | %d | %d | %lld | %s | %s | %d |", s.experts, s.top_k, s.block,
+                      static_cast<long long>(numel), shape.c_str(),
+                      device_count ? "device" : "host",
+                      clustered ? planned.grid / planned.cluster : planned.grid);
+          for (const int size : sizes) {
+            mk::AlignPlan plan = planned;
+            plan.grid = clustered ? size * planned.cluster : size;
+            if (plan.grid > 128) {
+              std::printf(" |");
+              continue;
+            }
+            std::printf(" %.2f |", replay_us(params, plan, stream));
+          }
+          std::printf("\n");
         }
-        std::printf("\n");
       }
     }
-  }
+  };
+  table(false, grids);
+  table(true, clusters);
   return 0;
 }
 
