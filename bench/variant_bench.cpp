@@ -15,22 +15,33 @@
 #include "moe_dispatch/cuda_raii.hpp"
 #include "moe_dispatch/errors.hpp"
 #include "queued_timing.hpp"
+#include "runtime/graph_cache.hpp"
 
 namespace md = moe_dispatch;
 namespace mk = moe_dispatch::kernels;
 
 namespace {
 
+// `calls` alignments captured in one graph, instantiated and uploaded (the capture ended and
+// released whatever a launch returned).
+md::GraphExec capture_align(const mk::AlignParams& p, const mk::AlignPlan& plan, int calls,
+                            cudaStream_t stream) {
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  cudaError_t launched = cudaSuccess;
+  for (int i = 0; i < calls && launched == cudaSuccess; ++i) {
+    launched = mk::launch_align(p, plan, stream);
+  }
+  cudaGraph_t raw = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(stream, &raw);
+  const md::Graph graph(raw);
+  MOE_DISPATCH_CUDA_CHECK(launched);
+  MOE_DISPATCH_CUDA_CHECK(ended);
+  return md::detail::instantiate_uploaded(graph.get(), stream);
+}
+
 double graph_us(const mk::AlignParams& p, const mk::AlignPlan& plan, cudaStream_t stream) {
   constexpr int kCalls = 100;
-  MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < kCalls; ++i) MOE_DISPATCH_CUDA_CHECK(mk::launch_align(p, plan, stream));
-  cudaGraph_t raw = nullptr;
-  MOE_DISPATCH_CUDA_CHECK(cudaStreamEndCapture(stream, &raw));
-  md::Graph graph(raw);
-  cudaGraphExec_t exec_raw = nullptr;
-  MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
-  md::GraphExec exec(exec_raw);
+  const md::GraphExec exec = capture_align(p, plan, kCalls, stream);
   const md::Event start = md::make_event(true);
   const md::Event stop = md::make_event(true);
   MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream));
@@ -51,17 +62,7 @@ double graph_us(const mk::AlignParams& p, const mk::AlignPlan& plan, cudaStream_
 // GPU time per replay of one alignment captured as a one-node graph (queued, so the host's submit
 // time is not in it), as a DispatchStage bucket replays it.
 double replay_us(const mk::AlignParams& p, const mk::AlignPlan& plan, cudaStream_t stream) {
-  MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  const cudaError_t launched = mk::launch_align(p, plan, stream);
-  cudaGraph_t raw = nullptr;
-  const cudaError_t ended = cudaStreamEndCapture(stream, &raw);
-  md::Graph graph(raw);
-  MOE_DISPATCH_CUDA_CHECK(launched);
-  MOE_DISPATCH_CUDA_CHECK(ended);
-  cudaGraphExec_t exec_raw = nullptr;
-  MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
-  md::GraphExec exec(exec_raw);
-  MOE_DISPATCH_CUDA_CHECK(cudaGraphUpload(exec.get(), stream));
+  const md::GraphExec exec = capture_align(p, plan, 1, stream);
   return md::bench::queued_us_per_call(
       stream, 15, 64, [&] { MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream)); });
 }
