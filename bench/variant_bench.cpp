@@ -140,6 +140,42 @@ int sweep_small_shapes(cudaStream_t stream) {
   return 0;
 }
 
+// variant_bench planned: the planner's plan at every shape and slot count of the sweeps, kernel
+// time in a graph of 100 calls (count in device memory) and GPU time per one-node replay (count as
+// a kernel parameter): the short table to compare builds with.
+int sweep_planned(cudaStream_t stream) {
+  struct Shape {
+    int experts, top_k, block;
+  };
+  const Shape shapes[] = {{8, 2, 64},   {64, 2, 128}, {128, 8, 64},
+                          {256, 8, 64}, {512, 8, 64}, {1024, 8, 128}};
+  const std::int64_t numels[] = {8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384};
+  std::mt19937 rng(17);
+  std::printf(
+      "| E | top_k | B | numel | variant | threads x items x cluster + fill | grid | kernels | µs "
+      "| "
+      "replay "
+      "µs |\n|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const Shape& s : shapes) {
+    for (const std::int64_t numel : numels) {
+      if (numel % s.top_k != 0) continue;
+      const int tokens = static_cast<int>(numel / s.top_k);
+      const mk::AlignPlan plan = mk::plan_align(numel, s.experts, s.block);
+      Point point(s.experts, s.top_k, s.block, tokens, mk::align_scratch_ints(plan, s.experts),
+                  rng);
+      const char* variant = plan.variant == mk::AlignVariant::kTiny
+                                ? "tiny"
+                                : (plan.variant == mk::AlignVariant::kSmall ? "small" : "large");
+      std::printf("| %d | %d | %d | %lld | %s | %d x %d x %d + %d | %d | %d | %.2f | %.2f |\n",
+                  s.experts, s.top_k, s.block, static_cast<long long>(numel), variant, plan.threads,
+                  plan.items, plan.cluster, plan.fill_threads, plan.grid, plan.kernels,
+                  graph_us(point.params, plan, stream),
+                  replay_us(with_host_count(point.params, tokens), plan, stream));
+    }
+  }
+  return 0;
+}
+
 // variant_bench large: the large variant at 2, 4 and 8 slots per thread, each with two kernels
 // (the scatter kernel adds up the cluster totals) and three (a prefix kernel scans them first),
 // and the planner's choice.
@@ -242,14 +278,16 @@ int sweep_one_kernel_grids(const std::vector<GridShape>& shapes, cudaStream_t st
 
 }  // namespace
 
-// Usage: variant_bench [E TOP_K B TOKENS | shapes | large | grids [E TOP_K B]]  (one point, e.g.
-// under a profiler; the small variant's shapes; the large variant's two- and three-kernel forms;
-// the one-kernel plans' grids per replay, for every shape or one; default: the crossover grid)
+// Usage: variant_bench [E TOP_K B TOKENS | shapes | planned | large | grids [E TOP_K B]]  (one
+// point, e.g. under a profiler; the small variant's shapes; the planner's plans; the large
+// variant's two- and three-kernel forms; the one-kernel plans' grids per replay, for every shape
+// or one; default: the crossover grid)
 int main(int argc, char** argv) {
   const auto usage = [] {
-    std::fprintf(stderr,
-                 "usage: variant_bench [E TOP_K B TOKENS | shapes | large | grids [E TOP_K B]] "
-                 "(positive integers)\n");
+    std::fprintf(
+        stderr,
+        "usage: variant_bench [E TOP_K B TOKENS | shapes | planned | large | grids [E TOP_K B]] "
+        "(positive integers)\n");
     return 2;
   };
   // A shape argument: a positive integer, else 0.
@@ -261,6 +299,10 @@ int main(int argc, char** argv) {
   if (argc == 2 && std::string(argv[1]) == "shapes") {
     const md::Stream stream = md::make_stream();
     return sweep_small_shapes(stream.get());
+  }
+  if (argc == 2 && std::string(argv[1]) == "planned") {
+    const md::Stream stream = md::make_stream();
+    return sweep_planned(stream.get());
   }
   if (argc == 2 && std::string(argv[1]) == "large") {
     const md::Stream stream = md::make_stream();

@@ -133,10 +133,15 @@ static_assert(large_rules_are_built());
 // square of the slots per lane: at 4 it was measured slower than the small variant for E <= 256).
 inline constexpr std::int64_t kTinyMaxNumel = 64;
 
-// Output entries (slots, padding and tail) per block of a small kernel in clusters, so the stores
-// spread over SMs (the large variant's scatter blocks take more, align_large.cu). Measured against
-// 2048: up to 10% faster (E 64, B 128, 64 tokens), equal elsewhere.
-inline constexpr std::int64_t kOutputEntriesPerBlock = 1024;
+// Output entries (slots, padding and tail) per block of a small kernel in clusters, and the most
+// blocks it takes, so the stores spread over SMs while a replay pays for few blocks. Measured per
+// one-node replay, whole clusters against the former 1024 entries per block and 128 blocks
+// (`variant_bench grids`, H200, 2026-12-02 18:2xZ, count as a kernel parameter): E 1024 (B 128)
+// at 8192 slots 8 clusters of 8 6.30 us against 16 7.74; E 256 at 8192 slots 6 clusters 4.51
+// against 3 4.63, at 16384 8 clusters 5.57 against 4 5.66; level within 0.05 us elsewhere (E 8,
+// 2048-8192 slots; E 256, 2048-4096), and 16 clusters of 8 slower at every point (0.2-1.4 us).
+inline constexpr std::int64_t kClusteredEntriesPerBlock = 512;
+inline constexpr int kMaxClusteredGrid = 64;
 // The kernels without clusters (tiny, and small in one block) replay as a one-node graph in a
 // DispatchStage, and a replay pays for every block of the grid (bench/floor_bench: 17 blocks
 // against 1 cost 0.23 us more per replay), while every block ranks all slots itself and fills its
@@ -156,8 +161,7 @@ inline constexpr int kOneBlockSmallMinGrid = 9;
 
 // Blocks that share the writing of `entries` output entries: one per `per_block`, at least 1, at
 // most max_blocks.
-constexpr int write_blocks(std::int64_t entries, int max_blocks,
-                           std::int64_t per_block = kOutputEntriesPerBlock) {
+constexpr int write_blocks(std::int64_t entries, int max_blocks, std::int64_t per_block) {
   const std::int64_t blocks = (entries + per_block - 1) / per_block;
   return static_cast<int>(blocks < 1 ? 1 : (blocks > max_blocks ? max_blocks : blocks));
 }

@@ -109,7 +109,7 @@ TEST_CASE("the planner: variant, block shape, cluster and large form on both sid
   CHECK(mk::plan_align(65, 4096, 16).variant == mk::AlignVariant::kLarge);
 }
 
-TEST_CASE("the one-kernel grids: 4096 output entries per block, clusters 1024") {
+TEST_CASE("the one-kernel grids: 4096 output entries per block, clusters 512") {
   // Output entries: max numel + E * B; at most 128 blocks.
   SUBCASE("tiny: one block per 4096 entries") {
     CHECK(mk::plan_align(8, 8, 64).grid == 1);         // 520 entries
@@ -135,9 +135,18 @@ TEST_CASE("the one-kernel grids: 4096 output entries per block, clusters 1024") 
     CHECK(one_block(128, 1024, 128) == 33);   // 131200
     CHECK(one_block(2048, 2048, 128) == 65);  // 264192
   }
-  SUBCASE("clusters: one block per 1024 entries, in whole clusters") {
-    const mk::AlignPlan clustered = mk::plan_align(4096, 256, 64);
-    CHECK(clustered.cluster == 8);
-    CHECK(clustered.grid == 24);  // 20480 entries: 20 blocks, rounded up to clusters of 8
+  SUBCASE("clusters: one block per 512 entries, in whole clusters, at most 64 blocks") {
+    const auto clustered = [](std::int64_t numel, int experts, int block, int cluster) {
+      const mk::AlignPlan plan = mk::plan_align(numel, experts, block);
+      CHECK(plan.variant == mk::AlignVariant::kSmall);
+      CHECK(plan.cluster == cluster);
+      return plan.grid;
+    };
+    CHECK(clustered(2048, 8, 64, 8) == 8);       // 2560 entries: 5 blocks, one cluster
+    CHECK(clustered(4096, 256, 64, 8) == 40);    // 20480: 40 blocks
+    CHECK(clustered(8192, 256, 64, 8) == 48);    // 24576: 48
+    CHECK(clustered(16384, 64, 128, 8) == 48);   // 24576
+    CHECK(clustered(4096, 1024, 128, 4) == 64);  // 135168: the cap, 16 clusters of 4
+    CHECK(clustered(8192, 1024, 128, 8) == 64);  // 139264: the cap, 8 clusters of 8
   }
 }
