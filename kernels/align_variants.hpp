@@ -134,12 +134,15 @@ static_assert(large_rules_are_built());
 inline constexpr std::int64_t kTinyMaxNumel = 64;
 
 // Output entries (slots, padding and tail) per block of a small kernel in clusters, and the most
-// blocks it takes, so the stores spread over SMs while a replay pays for few blocks. Measured per
-// one-node replay, whole clusters against the former 1024 entries per block and 128 blocks
-// (`variant_bench grids`, H200, 2026-12-02 18:2xZ, count as a kernel parameter): E 1024 (B 128)
-// at 8192 slots 8 clusters of 8 6.30 us against 16 7.74; E 256 at 8192 slots 6 clusters 4.51
-// against 3 4.63, at 16384 8 clusters 5.57 against 4 5.66; level within 0.05 us elsewhere (E 8,
-// 2048-8192 slots; E 256, 2048-4096), and 16 clusters of 8 slower at every point (0.2-1.4 us).
+// blocks it takes, so the stores spread over SMs while few blocks start. Measured against the
+// former 1024 entries per block and 128 blocks (H200, 2026-12-02): per one-node replay in whole
+// clusters (`variant_bench grids`, 18:2xZ, count as a kernel parameter) E 1024 (B 128) at 8192
+// slots 8 clusters of 8 6.30 us against 16 7.74, E 256 at 8192 slots 6 clusters 4.51 against 3
+// 4.63, level within 0.05 us elsewhere, 16 clusters of 8 slower at every point (0.2-1.4 us); the
+// planner's plans before and after (`variant_bench planned`, 18:35Z, two rounds each), E 1024 at
+// 4096 slots 6.52 -> 5.27 us kernel time (graph of 100) and 7.25/7.32 -> 6.13/6.01 per replay, at
+// 8192 7.03 -> 5.63 and 7.95/7.85 -> 6.42/6.32; every other clustered point within -0.09/+0.02
+// us in kernel time, per replay within the rounds' spread.
 inline constexpr std::int64_t kClusteredEntriesPerBlock = 512;
 inline constexpr int kMaxClusteredGrid = 64;
 // The kernels without clusters (tiny, and small in one block) replay as a one-node graph in a
