@@ -60,10 +60,12 @@ struct SmallShapeRule {
 // - from 1025 slots clusters of 8 blocks of 256 threads for E <= 512, 1, 2, 4 and 8 slots per
 //   thread up to 2048, 4096, 8192 and 16384 slots (06:43Z, E 256: 8192 slots 3.92 against 4.15 for
 //   512 x 2 x 8; 16384 4.83 against 4.98 for 512 x 4 x 8; 06:40Z: 256 x 8 x 1 3.77 against 3.24 at
-//   2048); for E 513-1024 one block of 512 x 4 up to 2048 slots (06:46Z: 4.82 against 5.56 for
-//   clusters of 4 x 256 x 2), clusters of 4 x 256 x 4 up to 4096 (06:43Z: 6.45 against 6.78 for
-//   8 x 512 x 1), then of 8 x 256 x 4 and 8 x 256 x 8 (8192 slots: 6.95 against 7.65 for
-//   8 x 512 x 2);
+//   2048); for E 513-1024 clusters of 4 x 256 x 2 up to 2048 slots, then of 8 blocks of 512
+//   threads, 1, 2 and 4 slots per thread up to 4096, 8192 and 16384 (18:56Z, E 1024, with the
+//   grids of kMaxClusteredGrid, kernel time / per replay: 2048 slots 4.73 / 5.40 against 4.80 /
+//   5.65 for one block of 512 x 4; 4096 5.02 / 5.75 against 5.23 / 5.98 for 4 x 256 x 4; 8192
+//   5.45 / 6.30 against 5.62 / 6.37 for 8 x 256 x 4; 16384 6.28 / 7.25 against 6.63 / 7.64 for
+//   8 x 256 x 8; with 128 blocks, 06:43Z-06:46Z, the 256-thread shapes and one block had led);
 // - E past 1024 keeps the shapes without fill warps or clusters, not measured against them.
 inline constexpr SmallShapeRule kSmallShapeRules[] = {
     {128, 1024, {128, 1, 1, 128}},
@@ -79,10 +81,11 @@ inline constexpr SmallShapeRule kSmallShapeRules[] = {
     {4096, 512, {256, 2, 8}},
     {8192, 512, {256, 4, 8}},
     {kSmallMaxNumel, 512, {256, 8, 8}},
+    {2048, 1024, {256, 2, 4}},
     {2048, kSmallMaxExperts, {512, 4, 1}},
-    {4096, 1024, {256, 4, 4}},
-    {8192, 1024, {256, 4, 8}},
-    {kSmallMaxNumel, 1024, {256, 8, 8}},
+    {4096, 1024, {512, 1, 8}},
+    {8192, 1024, {512, 2, 8}},
+    {kSmallMaxNumel, 1024, {512, 4, 8}},
     {4096, kSmallMaxExperts, {1024, 4, 1}},
     {8192, kSmallMaxExperts, {1024, 8, 1}},
     {kSmallMaxNumel, kSmallMaxExperts, {1024, 16, 1}}};
