@@ -29,9 +29,9 @@ namespace {
 // to 1024 (E = 256: 3.92 against 4.90 us; E = 1024: 6.99 against 7.79) and at 16384 for E 64-512
 // with 256 x 8 x 8 (E = 64: 4.48 against 4.59; E = 512: 5.29 against 5.60), behind there at E = 8
 // (4.74 against 4.53). At E = 1024 they were behind at 16384 slots (8.22 against 7.89) with 128
-// blocks, and are ahead with the 64 of kMaxClusteredGrid (18:42Z: 6.64 against 7.40; E = 512 5.27
-// against 5.60, E = 8 4.76 against 4.53). Past 1024 experts the one-block shapes at 4096 slots are
-// the ones measured.
+// blocks, and are ahead with the 64 of kMaxClusteredGrid (18:42Z: 6.64 against 7.40, and 6.28 with
+// 8 x 512 x 4 since; E = 512 5.27 against 5.60, E = 8 4.76 against 4.53). Past 1024 experts the
+// one-block shapes at 4096 slots are the ones measured.
 struct OneKernelRule {
   std::int64_t max_numel;
   int min_experts;

@@ -45,8 +45,8 @@ TEST_CASE("the planner: variant, block shape, cluster and large form on both sid
   CHECK(mk::plan_align(2049, 1024, 64).cluster == 8);
   CHECK(mk::plan_align(2048, 1025, 64).cluster == 1);
   CHECK(mk::plan_align(4096, 1025, 64).cluster == 1);
-  // In the clusters, blocks of 256 threads up to E = 512 and 2048 slots, of 512 above; their slots
-  // per thread grow with the step.
+  // In the clusters, blocks of 256 threads for E <= 512, and for E 513-1024 up to 2048 slots; of
+  // 512 threads above. Their slots per thread grow with the step.
   for (const auto& [numel, experts, threads, cluster, items] :
        {std::tuple{2048, 512, 256, 8, 1}, std::tuple{4096, 512, 256, 8, 2},
         std::tuple{8192, 512, 256, 8, 4}, std::tuple{16384, 512, 256, 8, 8},
