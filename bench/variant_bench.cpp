@@ -22,6 +22,14 @@ namespace mk = moe_dispatch::kernels;
 
 namespace {
 
+// E, top_k and B of a measured shape.
+struct Shape {
+  int experts, top_k, block;
+};
+// The shapes the sweeps of the small variant and the crossover share.
+constexpr Shape kSweepShapes[] = {{8, 2, 64},   {64, 2, 128}, {128, 8, 64},
+                                  {256, 8, 64}, {512, 8, 64}, {1024, 8, 128}};
+
 // `calls` alignments captured in one graph, instantiated and uploaded (the capture ended and
 // released whatever a launch returned).
 md::GraphExec capture_align(const mk::AlignParams& p, const mk::AlignPlan& plan, int calls,
@@ -112,16 +120,11 @@ struct Point {
 // most four times its slots), per shape and slot count: kernel time in a graph of 100 calls
 // (count in device memory) and GPU time per one-node replay (count as a parameter).
 int sweep_small_shapes(cudaStream_t stream) {
-  struct Shape {
-    int experts, top_k, block;
-  };
-  const Shape shapes[] = {{8, 2, 64},   {64, 2, 128}, {128, 8, 64},
-                          {256, 8, 64}, {512, 8, 64}, {1024, 8, 128}};
   std::mt19937 rng(9);
   std::printf(
       "| E | top_k | B | numel | threads x items x cluster | grid | µs | replay µs |\n"
       "|---|---|---|---|---|---|---|---|\n");
-  for (const Shape& s : shapes) {
+  for (const Shape& s : kSweepShapes) {
     for (std::int64_t numel = 128; numel <= mk::kSmallMaxNumel; numel *= 2) {
       const int tokens = static_cast<int>(numel / s.top_k);
       Point point(s.experts, s.top_k, s.block, tokens, 0, rng);
@@ -144,18 +147,13 @@ int sweep_small_shapes(cudaStream_t stream) {
 // time in a graph of 100 calls (count in device memory) and GPU time per one-node replay (count as
 // a kernel parameter): the short table to compare builds with.
 int sweep_planned(cudaStream_t stream) {
-  struct Shape {
-    int experts, top_k, block;
-  };
-  const Shape shapes[] = {{8, 2, 64},   {64, 2, 128}, {128, 8, 64},
-                          {256, 8, 64}, {512, 8, 64}, {1024, 8, 128}};
   const std::int64_t numels[] = {8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384};
   std::mt19937 rng(17);
   std::printf(
       "| E | top_k | B | numel | variant | threads x items x cluster + fill | grid | kernels "
       "| µs | replay µs |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
-  for (const Shape& s : shapes) {
+  for (const Shape& s : kSweepShapes) {
     for (const std::int64_t numel : numels) {
       if (numel % s.top_k != 0) continue;
       const int tokens = static_cast<int>(numel / s.top_k);
@@ -179,9 +177,6 @@ int sweep_planned(cudaStream_t stream) {
 // (the scatter kernel adds up the cluster totals) and three (a prefix kernel scans them first),
 // and the planner's choice.
 int sweep_large_kernels(cudaStream_t stream) {
-  struct Shape {
-    int experts, top_k, block;
-  };
   const Shape shapes[] = {{8, 2, 64},   {64, 2, 128},   {128, 8, 64},  {256, 8, 64},
                           {512, 8, 64}, {1024, 8, 128}, {2048, 8, 64}, {4096, 8, 64}};
   const int token_counts[] = {1024, 4096, 8192, 16384, 32768, 65536};
@@ -217,10 +212,7 @@ int sweep_large_kernels(cudaStream_t stream) {
 // time per replay, queued), as a DispatchStage bucket replays it. A replay pays for every block of
 // the grid, idle ones too, while more blocks share the fill of the outputs (numel + E * (B - 1)
 // entries).
-struct GridShape {
-  int experts, top_k, block;
-};
-int sweep_one_kernel_grids(const std::vector<GridShape>& shapes, cudaStream_t stream) {
+int sweep_one_kernel_grids(const std::vector<Shape>& shapes, cudaStream_t stream) {
   const std::int64_t numels[] = {8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384};
   // Grids of the plans without clusters, and clusters per grid of the clustered ones.
   const int grids[] = {1, 2, 3, 5, 9, 17, 33, 65, 128};
@@ -236,7 +228,7 @@ int sweep_one_kernel_grids(const std::vector<GridShape>& shapes, cudaStream_t st
     std::printf("\n|---|---|---|---|---|---|---|---|");
     for (std::size_t i = 1; i < std::size(sizes); ++i) std::printf("---|");
     std::printf("\n");
-    for (const GridShape& s : shapes) {
+    for (const Shape& s : shapes) {
       for (const std::int64_t numel : numels) {
         if (numel % s.top_k != 0) continue;
         const mk::AlignPlan planned = mk::plan_align(numel, s.experts, s.block);
@@ -295,6 +287,11 @@ int main(int argc, char** argv) {
     const long value = std::strtol(text, &end, 10);
     return (*end != '\0' || value < 1 || value > 1 << 30) ? 0 : static_cast<int>(value);
   };
+  // E, top_k and B from three arguments; experts 0 when any is not a positive integer.
+  const auto shape_at = [&](char** args) {
+    const Shape shape{positive(args[0]), positive(args[1]), positive(args[2])};
+    return (shape.top_k == 0 || shape.block == 0) ? Shape{0, 0, 0} : shape;
+  };
   if (argc == 2 && std::string(argv[1]) == "shapes") {
     const md::Stream stream = md::make_stream();
     return sweep_small_shapes(stream.get());
@@ -308,30 +305,23 @@ int main(int argc, char** argv) {
     return sweep_large_kernels(stream.get());
   }
   if (argc >= 2 && std::string(argv[1]) == "grids") {
-    std::vector<GridShape> shapes{{8, 2, 64},   {64, 2, 128},   {128, 8, 64}, {256, 8, 64},
-                                  {512, 8, 64}, {1024, 8, 128}, {2048, 8, 64}};
+    std::vector<Shape> shapes(std::begin(kSweepShapes), std::end(kSweepShapes));
+    shapes.push_back({2048, 8, 64});
     if (argc != 2 && argc != 5) return usage();
     if (argc == 5) {
-      shapes = {{positive(argv[2]), positive(argv[3]), positive(argv[4])}};
-      if (shapes[0].experts == 0 || shapes[0].top_k == 0 || shapes[0].block == 0) return usage();
+      shapes = {shape_at(argv + 2)};
+      if (shapes[0].experts == 0) return usage();
     }
     const md::Stream stream = md::make_stream();
     return sweep_one_kernel_grids(shapes, stream.get());
   }
-  struct Shape {
-    int experts, top_k, block;
-  };
-  std::vector<Shape> shapes{{8, 2, 64},   {64, 2, 128}, {128, 8, 64},
-                            {256, 8, 64}, {512, 8, 64}, {1024, 8, 128}};
+  std::vector<Shape> shapes(std::begin(kSweepShapes), std::end(kSweepShapes));
   std::vector<int> token_counts{1, 2, 4, 8, 16, 64, 256, 512, 1024, 2048, 4096, 16384};
   if (argc != 1 && argc != 5) return usage();
   if (argc == 5) {
-    shapes = {{positive(argv[1]), positive(argv[2]), positive(argv[3])}};
+    shapes = {shape_at(argv + 1)};
     token_counts = {positive(argv[4])};
-    if (shapes[0].experts == 0 || shapes[0].top_k == 0 || shapes[0].block == 0 ||
-        token_counts[0] == 0) {
-      return usage();
-    }
+    if (shapes[0].experts == 0 || token_counts[0] == 0) return usage();
   }
   const md::Stream stream = md::make_stream();
   std::mt19937 rng(5);

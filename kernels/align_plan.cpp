@@ -38,7 +38,7 @@ struct OneKernelRule {
   int max_experts;
 };
 constexpr OneKernelRule kOneKernelRules[] = {
-    {kSmallMaxNumel, 64, 1024}, {8192, 1, 1024}, {4096, 1, kSmallMaxExperts}};
+    {kSmallMaxNumel, 64, 1024}, {8192, 1, 63}, {4096, 1, kSmallMaxExperts}};
 }  // namespace
 
 AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size) {

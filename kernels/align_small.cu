@@ -213,11 +213,6 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
   }
 }
 
-// The one-block shapes take at most one block per SM of the H100 (measured against 32 at
-// E = 1024: 5% faster at decode, 9% at 8192 slots, when they took one block per 1024 entries; at
-// 4096 per block they reach it only past 524288 entries).
-constexpr int kMaxSmallGrid = 128;
-
 template <int kThreads, int kItems, int kClusterBlocks, int kFillThreads>
 cudaError_t launch_shape(const AlignParams& params, const AlignPlan& plan, cudaStream_t stream) {
   const auto kernel = align_small_kernel<kThreads, kItems, kClusterBlocks, kFillThreads>;
@@ -264,7 +259,7 @@ AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size,
   const std::int64_t entries = max_numel + std::int64_t{num_experts} * block_size;
   const bool clustered = shape.cluster > 1;
   const int grid = clustered ? write_blocks(entries, kMaxClusteredGrid, kClusteredEntriesPerBlock)
-                             : one_block_small_grid(entries, kMaxSmallGrid);
+                             : one_block_small_grid(entries);
   plan.grid = (grid + shape.cluster - 1) / shape.cluster * shape.cluster;
   const std::size_t int_entries = clustered
                                       ? static_cast<std::size_t>(cluster_ints_before(num_experts))

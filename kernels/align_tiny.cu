@@ -155,9 +155,6 @@ cudaError_t launch_items(const AlignParams& params, const AlignPlan& plan, cudaS
   return cudaGetLastError();
 }
 
-// Writes above one block's worth of output entries spread over at most this many blocks.
-constexpr int kMaxTinyGrid = 128;
-
 }  // namespace
 
 AlignPlan tiny_plan(std::int64_t max_numel, int num_experts, int block_size) {
@@ -166,7 +163,7 @@ AlignPlan tiny_plan(std::int64_t max_numel, int num_experts, int block_size) {
   plan.threads = kTinyThreads;
   plan.items = max_numel <= kWarp ? 1 : 2;
   static_assert(kTinyMaxNumel == 2 * kWarp);
-  plan.grid = write_blocks(max_numel + std::int64_t{num_experts} * block_size, kMaxTinyGrid,
+  plan.grid = write_blocks(max_numel + std::int64_t{num_experts} * block_size, kMaxOneKernelGrid,
                            kOneKernelEntriesPerBlock);
   plan.shared_bytes = 0;
   plan.kernels = 1;
