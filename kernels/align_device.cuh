@@ -214,22 +214,27 @@ __device__ __forceinline__ void zero_warp_row(std::uint16_t* row, int num_expert
 // faster than a warp-per-expert shuffle scan, which serializes E / warps experts per warp when
 // the block has few warps), with all of an expert's loads issued before its stores. Call after a
 // barrier that follows every warp's rank_warp_slots; rows are row_stride(E) apart.
+// warp_rows_to_prefix for one expert e: returns its total.
+template <int kWarps>
+__device__ __forceinline__ int warp_row_to_prefix(std::uint16_t* rows, int stride, int e) {
+  int counts[kWarps];
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) counts[w] = rows[w * stride + e];
+  int run = 0;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    rows[w * stride + e] = static_cast<std::uint16_t>(run);
+    run += counts[w];
+  }
+  return run;
+}
 template <int kWarps, typename Total>
 __device__ __forceinline__ void warp_rows_to_prefix(std::uint16_t* rows, int num_experts, int begin,
                                                     int end, Total* totals) {
   const int stride = row_stride(num_experts);
 #pragma unroll 1
   for (int e = begin; e < end; ++e) {
-    int counts[kWarps];
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) counts[w] = rows[w * stride + e];
-    int run = 0;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      rows[w * stride + e] = static_cast<std::uint16_t>(run);
-      run += counts[w];
-    }
-    totals[e] = static_cast<Total>(run);
+    totals[e] = static_cast<Total>(warp_row_to_prefix<kWarps>(rows, stride, e));
   }
 }
 

@@ -22,15 +22,37 @@
 namespace moe_dispatch::kernels {
 namespace {
 
-// In a cluster, the shared int32 arrays before cluster_counts (counts, starts, base), rounded up
-// to whole 16-byte quads, and the entries of a row of cluster_counts: E rounded up to 8, so rows
-// are whole quads too.
+// In a cluster, the shared int32 arrays before cluster_counts (starts, base), rounded up to whole
+// 16-byte quads, and the entries of a row of cluster_counts: E rounded up to 8, so rows are whole
+// quads too.
 __host__ __device__ constexpr int cluster_ints_before(int num_experts) {
-  return (3 * num_experts + 3) / 4 * 4;
+  return (2 * num_experts + 3) / 4 * 4;
 }
 __host__ __device__ constexpr int cluster_row(int num_experts) { return (num_experts + 7) / 8 * 8; }
 
-// Shared memory: counts[E], starts[E] (int32), with clusters also base[E] (int32) and
+// The experts per thread a block of `threads` threads needs for kSmallMaxExperts experts, rounded
+// up to a power of two.
+__host__ __device__ constexpr int experts_per_thread_bound(int threads) {
+  int per = 1;
+  while (per * threads < kSmallMaxExperts) per *= 2;
+  return per;
+}
+
+// Calls finish(std::integral_constant<int, kPer>) with kPer the least power of two from kFirst on
+// with kPer * threads >= num_experts, at most kMax (the launcher refuses larger E).
+template <int kFirst, int kMax, typename Finish>
+__device__ __forceinline__ void with_experts_per_thread(int num_experts, int threads,
+                                                        Finish& finish) {
+  if constexpr (kFirst < kMax) {
+    if (num_experts > kFirst * threads) {
+      with_experts_per_thread<kFirst * 2, kMax>(num_experts, threads, finish);
+      return;
+    }
+  }
+  finish(std::integral_constant<int, kFirst>{});
+}
+
+// Shared memory: starts[E] (int32), with clusters also base[E] (int32) and
 // cluster_counts[kClusterBlocks][cluster_row(E)] (16-bit), then one row of 16-bit counters per
 // warp.
 // Barriers: rows complete -> (clusters: block totals complete in the cluster) -> (segment scan's
@@ -48,14 +70,13 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
   static_assert(kFillThreads % kWarp == 0 && (kFillThreads == 0 || !kClustered),
                 "fill threads come in whole warps, in one-block shapes");
   extern __shared__ int4 shared_raw[];
-  int* counts = reinterpret_cast<int*>(shared_raw);  // slots of each expert, all blocks
-  int* starts = counts + p.num_experts;
+  int* starts = reinterpret_cast<int*>(shared_raw);  // each expert's first block
   // In a cluster: the slots of each expert in the cluster's earlier blocks, and every block's
   // slots of each expert (row r written by block r, into every block of the cluster).
   int* base = kClustered ? starts + p.num_experts : nullptr;
   const int cluster_stride = cluster_row(p.num_experts);
   auto* cluster_counts = reinterpret_cast<std::uint16_t*>(
-      kClustered ? counts + cluster_ints_before(p.num_experts) : nullptr);
+      kClustered ? starts + cluster_ints_before(p.num_experts) : nullptr);
   auto* rows = kClustered ? cluster_counts + kClusterBlocks * cluster_stride
                           : reinterpret_cast<std::uint16_t*>(starts + p.num_experts);
   __shared__ ScanStorage<kBlockThreads> scan_temp;
@@ -101,17 +122,6 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
   }
   __syncthreads();  // every row complete
 
-  // Scan: each thread turns its experts' rows into per-warp prefixes (stable order across warps)
-  // and their totals into counts, then the block scans the segments' sizes in blocks.
-  const ExpertRun<kBlockThreads> run(p.num_experts);
-  if constexpr (kClustered) {
-    std::uint16_t* own_row = cluster_counts + member * cluster_stride;
-    warp_rows_to_prefix<kWarps>(rows, p.num_experts, run.first, run.last, own_row);
-    // The row's padding is copied with it: define it.
-    if (threadIdx.x < cluster_stride - p.num_experts) own_row[p.num_experts + threadIdx.x] = 0;
-  } else {
-    warp_rows_to_prefix<kWarps>(rows, p.num_experts, run.first, run.last, counts);
-  }
   // The last thread of each block sums the block's invalid ids (block 0's is the grid's total
   // outside a cluster).
   int total_invalid = 0;
@@ -119,98 +129,130 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) total_invalid += warp_invalid[w];
   }
-  if constexpr (kClustered) {
-    // The blocks of the cluster exchange their totals through distributed shared memory: each
-    // block copies its row of 16-bit totals into every other block in 16-byte stores (warp w
-    // to block w % kClusterBlocks) before the cluster barrier, then each thread sums its experts
-    // over the local rows (and over the earlier blocks' rows for base). Measured against remote
-    // loads after the barrier and against a 32-bit store per expert and block: docs/KERNELS.md.
-    static_assert(kWarps % kClusterBlocks == 0, "every block of the cluster needs a sender");
-    static_assert(kThreads * kItems <= 0xffff, "a block's totals must fit 16 bits");
-    namespace cg = cooperative_groups;
-    const cg::cluster_group cluster = cg::this_cluster();
-    __cluster_barrier_wait();  // every block of the cluster runs
-    __syncthreads();           // this block's row complete
-    {
-      constexpr int kSenders = kWarps / kClusterBlocks;  // warps per destination
-      const int destination = warp % kClusterBlocks;
-      const int quads = cluster_stride / 8;
-      if (destination != member) {
-        const auto* from = reinterpret_cast<const int4*>(cluster_counts + member * cluster_stride);
-        int4* to = reinterpret_cast<int4*>(
-            cluster.map_shared_rank(cluster_counts + member * cluster_stride, destination));
+  // The scan, with kPer consecutive experts per thread (as many as E needs, a power of two): each
+  // thread turns its experts' rows into per-warp prefixes (stable order across warps) and their
+  // totals into counts (in a cluster, after the exchange), then the block scans the segments'
+  // sizes in blocks. An expert's count, size and start stay in registers from the walk to its
+  // expert_ids stores; only the starts the slots need pass through shared memory. Measured
+  // against a rolled loop over each thread's run of experts, through shared memory (H200,
+  // 2026-12-03, docs/KERNELS.md): 0.18-0.37 us less at E <= 256.
+  const auto scan_and_write = [&](auto experts_per_thread) {
+    constexpr int kPer = decltype(experts_per_thread)::value;
+    const int first_expert = static_cast<int>(threadIdx.x) * kPer;
+    const int stride = row_stride(p.num_experts);
+    int count[kPer];
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int e = first_expert + i;
+      count[i] = e < p.num_experts ? warp_row_to_prefix<kWarps>(rows, stride, e) : 0;
+    }
+    if constexpr (kClustered) {
+      // The blocks exchange their totals through distributed shared memory: each block writes its
+      // row of 16-bit totals (with its padding, up to cluster_stride <= kBlockThreads * kPer) and
+      // copies it into every other block in 16-byte stores (warp w to block w % kClusterBlocks)
+      // before the cluster barrier; then each thread sums its experts over the local rows.
+      // Measured against remote loads after the barrier and against a 32-bit store per expert
+      // and block: docs/KERNELS.md.
+      std::uint16_t* own_row = cluster_counts + member * cluster_stride;
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int e = first_expert + i;
+        if (e < cluster_stride) own_row[e] = static_cast<std::uint16_t>(count[i]);
+      }
+      static_assert(kWarps % kClusterBlocks == 0, "every block of the cluster needs a sender");
+      static_assert(kThreads * kItems <= 0xffff, "a block's totals must fit 16 bits");
+      namespace cg = cooperative_groups;
+      const cg::cluster_group cluster = cg::this_cluster();
+      __cluster_barrier_wait();  // every block of the cluster runs
+      __syncthreads();           // this block's row complete
+      {
+        constexpr int kSenders = kWarps / kClusterBlocks;  // warps per destination
+        const int destination = warp % kClusterBlocks;
+        const int quads = cluster_stride / 8;
+        if (destination != member) {
+          const auto* from =
+              reinterpret_cast<const int4*>(cluster_counts + member * cluster_stride);
+          int4* to = reinterpret_cast<int4*>(
+              cluster.map_shared_rank(cluster_counts + member * cluster_stride, destination));
 #pragma unroll 1
-        for (int q = warp / kClusterBlocks * kWarp + lane; q < quads; q += kSenders * kWarp)
-          to[q] = from[q];
+          for (int q = warp / kClusterBlocks * kWarp + lane; q < quads; q += kSenders * kWarp)
+            to[q] = from[q];
+        }
+      }
+      if (threadIdx.x == kLast)
+        *cluster.map_shared_rank(cluster_invalid + member, 0) = total_invalid;
+      // Every block's rows complete in every block, and every block's fill of the cluster's output
+      // blocks visible (release and acquire: not a relaxed arrive). No shared memory of another
+      // block is touched after it, so no block waits for the others before it exits.
+      cluster.sync();
+      if (blockIdx.x == 0 && threadIdx.x == kLast) {
+        total_invalid = 0;
+#pragma unroll
+        for (int r = 0; r < kClusterBlocks; ++r) total_invalid += cluster_invalid[r];
+      }
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int e = first_expert + i;
+        if (e >= p.num_experts) continue;
+        int values[kClusterBlocks];
+#pragma unroll
+        for (int r = 0; r < kClusterBlocks; ++r) values[r] = cluster_counts[r * cluster_stride + e];
+        int earlier = 0;
+        count[i] = 0;
+#pragma unroll
+        for (int r = 0; r < kClusterBlocks; ++r) {
+          earlier += r < member ? values[r] : 0;
+          count[i] += values[r];
+        }
+        base[e] = earlier;
       }
     }
-    if (threadIdx.x == kLast) *cluster.map_shared_rank(cluster_invalid + member, 0) = total_invalid;
-    // Every block's rows complete in every block, and every block's fill of the cluster's output
-    // blocks visible (release and acquire: not a relaxed arrive). No shared memory of another
-    // block is touched after it, so no block waits for the others before it exits.
-    cluster.sync();
-    for (int e = run.first; e < run.last; ++e) {
-      int values[kClusterBlocks];
+    int blocks[kPer];
+    int segment_start[kPer];
 #pragma unroll
-      for (int r = 0; r < kClusterBlocks; ++r) values[r] = cluster_counts[r * cluster_stride + e];
-      int total = 0;
-      int earlier = 0;
+    for (int i = 0; i < kPer; ++i) blocks[i] = segment_blocks(p, count[i]);
+    int used_blocks = 0;
+    BlockScanInt<kBlockThreads>(scan_temp).ExclusiveSum(blocks, segment_start, used_blocks);
 #pragma unroll
-      for (int r = 0; r < kClusterBlocks; ++r) {
-        earlier += r < member ? values[r] : 0;
-        total += values[r];
-      }
-      counts[e] = total;
-      base[e] = earlier;
+    for (int i = 0; i < kPer; ++i) {
+      const int e = first_expert + i;
+      if (e < p.num_experts) starts[e] = segment_start[i];
     }
+    __syncthreads();  // starts (and base) complete
+
+    // The counters: one thread of the grid, the last of block 0.
     if (blockIdx.x == 0 && threadIdx.x == kLast) {
-      total_invalid = 0;
-#pragma unroll
-      for (int r = 0; r < kClusterBlocks; ++r) total_invalid += cluster_invalid[r];
+      *p.num_tokens_post_pad = used_blocks * p.block_size;
+      p.counters[kCounterInvalid] = total_invalid;
+      write_count_counters(p, start.num_tokens, start.clamped);
     }
-  }
-  const int used_blocks = scan_segment_starts<kBlockThreads>(p, run, counts, starts, scan_temp);
-  __syncthreads();  // starts, counts (and base) complete
-
-  // The counters: one thread of the grid, the last of block 0.
-  if (blockIdx.x == 0 && threadIdx.x == kLast) {
-    *p.num_tokens_post_pad = used_blocks * p.block_size;
-    p.counters[kCounterInvalid] = total_invalid;
-    write_count_counters(p, start.num_tokens, start.clamped);
-  }
-
-  // Write over this cluster's blocks: the slots this block ranked whose positions fall in them,
-  // and the expert_ids of the segments of this thread's experts that cover them (in a cluster,
-  // each block takes every kClusterBlocks-th expert). Measured against writing the expert_ids as
-  // the scan finds each segment's start, before the second barrier: that was 0.05-0.4 us slower
-  // from 4096 slots and at E = 1024 (the barrier waits for the slowest thread's stores).
-  if (ranks) {
+    // Write over this cluster's blocks: the slots this block ranked whose positions fall in them,
+    // and the expert_ids of the segments of this thread's experts that cover them (in a cluster,
+    // each block takes every kClusterBlocks-th expert). Measured against writing the expert_ids
+    // as the scan finds each segment's start, before the second barrier: that was 0.05-0.4 us
+    // slower from 4096 slots and at E = 1024 (the barrier waits for the slowest thread's stores).
+    if (ranks) {
 #pragma unroll
-    for (int j = 0; j < kItems; ++j) {
-      const int e = slots.expert[j];
-      if (e >= 0) {
-        const int earlier = kClustered ? base[e] : 0;
-        const int pos = starts[e] * p.block_size + earlier +
-                        rows[warp * row_stride(p.num_experts) + e] + slots.rank[j];
-        if (own.holds_entry(pos))
-          p.sorted_token_ids[pos] = static_cast<int>(first) + j * kWarp + lane;
+      for (int j = 0; j < kItems; ++j) {
+        const int e = slots.expert[j];
+        if (e >= 0) {
+          const int earlier = kClustered ? base[e] : 0;
+          const int pos =
+              starts[e] * p.block_size + earlier + rows[warp * stride + e] + slots.rank[j];
+          if (own.holds_entry(pos))
+            p.sorted_token_ids[pos] = static_cast<int>(first) + j * kWarp + lane;
+        }
       }
     }
-  }
-  // The segments of this thread's experts are the blocks from starts[run.first] to the next
-  // run's start: most runs miss this cluster's blocks when the grid is large (E = 1024).
-  if (run.first < run.last) {
-    const int run_end = run.last < p.num_experts ? starts[run.last] : used_blocks;
-    if (starts[run.first] < own.end && run_end > own.first) {
-#pragma unroll 1
-      for (int e = run.first; e < run.last; ++e) {
-        if (kClustered && e % kClusterBlocks != member) continue;
-        const int count = counts[e];
-        if (count != 0)
-          own.write_segment_blocks(p, starts[e], segment_blocks(p, count), block_owner(p, e));
-      }
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int e = first_expert + i;
+      if (count[i] != 0 && (!kClustered || e % kClusterBlocks == member))
+        own.write_segment_blocks(p, segment_start[i], blocks[i], block_owner(p, e));
     }
-  }
+  };
+  with_experts_per_thread<1, experts_per_thread_bound(kBlockThreads)>(p.num_experts, kBlockThreads,
+                                                                      scan_and_write);
 }
 
 template <int kThreads, int kItems, int kClusterBlocks, int kFillThreads>
@@ -263,7 +305,7 @@ AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size,
   plan.grid = (grid + shape.cluster - 1) / shape.cluster * shape.cluster;
   const std::size_t int_entries = clustered
                                       ? static_cast<std::size_t>(cluster_ints_before(num_experts))
-                                      : 2 * static_cast<std::size_t>(num_experts);
+                                      : static_cast<std::size_t>(num_experts);
   plan.shared_bytes = sizeof(int) * int_entries +
                       (clustered ? sizeof(std::uint16_t) * static_cast<std::size_t>(shape.cluster) *
                                        static_cast<std::size_t>(cluster_row(num_experts))
@@ -285,9 +327,11 @@ AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size) {
 
 cudaError_t launch_align_small(const AlignParams& params, const AlignPlan& plan,
                                cudaStream_t stream) {
-  // Slots past the shape's capacity would be silently ignored: refuse the launch instead.
+  // Slots past the shape's capacity would be silently ignored, and experts past kSmallMaxExperts
+  // left out of the scan: refuse the launch instead.
   if (std::int64_t{plan.threads} * plan.items * plan.cluster <
-      std::int64_t{params.max_tokens} * params.top_k) {
+          std::int64_t{params.max_tokens} * params.top_k ||
+      params.num_experts > kSmallMaxExperts) {
     return cudaErrorInvalidConfiguration;
   }
   AlignParams p = params;
