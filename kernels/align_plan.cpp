@@ -22,23 +22,23 @@ AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size,
 }
 
 namespace {
-// Steps take one kernel launch (one graph node) up to 16384 slots for E 64-1024, up to 8192 for
-// E < 64 and up to 4096 for E <= 2048: the small variant takes a step when a rule holds.
-// Measured (bench/variant_bench, docs/BENCHMARKS.md, H200, 2026-12-02 06:50Z): the one-kernel
-// variant's clustered shapes are ahead of the large variant at 8192 slots for every E measured up
-// to 1024 (E = 256: 3.92 against 4.90 us; E = 1024: 6.99 against 7.79) and at 16384 for E 64-512
-// with 256 x 8 x 8 (E = 64: 4.48 against 4.59; E = 512: 5.29 against 5.60), behind there at E = 8
-// (4.74 against 4.53). At E = 1024 they were behind at 16384 slots (8.22 against 7.89) with 128
-// blocks, and are ahead with the 64 of kMaxClusteredGrid (18:42Z: 6.64 against 7.40, and 6.28 with
-// 8 x 512 x 4 since; E = 512 5.27 against 5.60, E = 8 4.76 against 4.53). Past 1024 experts the
-// one-block shapes at 4096 slots are the ones measured.
+// Steps take one kernel launch (one graph node) up to 16384 slots for E <= 1024 and up to 4096
+// for E <= 2048: the small variant takes a step when a rule holds. Measured (bench/variant_bench,
+// docs/BENCHMARKS.md, H200, 2026-12-02 06:50Z): the one-kernel variant's clustered shapes are
+// ahead of the large variant at 8192 slots for every E measured up to 1024 (E = 256: 3.92 against
+// 4.90 us; E = 1024: 6.99 against 7.79) and at 16384 for E 64-512 with 256 x 8 x 8 (E = 64: 4.48
+// against 4.59; E = 512: 5.29 against 5.60). At E = 1024 they were behind at 16384 slots (8.22
+// against 7.89) with 128 blocks, and are ahead with the 64 of kMaxClusteredGrid (18:42Z: 6.64
+// against 7.40). At E = 8 and 16384 slots they were behind (4.76 against 4.53 at 18:42Z) until
+// the scan kept each thread's experts in registers (21:3xZ: 4.33 against 4.57). Past 1024 experts
+// the one-block shapes at 4096 slots are the ones measured.
 struct OneKernelRule {
   std::int64_t max_numel;
   int min_experts;
   int max_experts;
 };
-constexpr OneKernelRule kOneKernelRules[] = {
-    {kSmallMaxNumel, 64, 1024}, {8192, 1, 63}, {4096, 1, kSmallMaxExperts}};
+constexpr OneKernelRule kOneKernelRules[] = {{kSmallMaxNumel, 1, 1024},
+                                             {4096, 1, kSmallMaxExperts}};
 }  // namespace
 
 AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size) {

@@ -47,9 +47,10 @@ struct SmallShapeRule {
 //   E 8-128 128 and 64 fill threads were level in kernel time (within 0.04), and at 15:46Z, with
 //   the grids of kOneKernelEntriesPerBlock, 128 took 0.00-0.13 us less per one-node replay: E 8
 //   2.64 against 2.74, E 128 2.65 against 2.78);
-// - 129-256 slots 128 x 2, with 64 fill threads up to E 128, 128 up to 512 and 256 past them
-//   (06:46Z: E 8 1.97 against 2.17 for 256 x 2 + 128; E 256 2.19 against 2.46; E 1024 3.17 against
-//   3.30 for 256 x 2 + 256);
+// - 129-256 slots 128 x 2, with 64 fill threads up to E 128 and 128 past them (06:46Z: E 8 1.97
+//   against 2.17 for 256 x 2 + 128; E 256 2.19 against 2.46; E 1024 3.17 against 3.30 for 256 x 2
+//   + 256; 21:3xZ, with the scan in registers: E 1024 2.66 / 3.38 per replay with 128 against 2.83
+//   / 3.56 with 256);
 // - 257-512 slots 256 x 2, with 128 fill threads up to E 256 and 256 past them (04:50Z: E 256 2.62
 //   against 2.68 without and 2.74 with 256; E 512 2.90 against 3.02 without; 06:46Z: 128 x 4 + 128
 //   2.71 against 2.53 at E 256);
@@ -70,8 +71,7 @@ struct SmallShapeRule {
 inline constexpr SmallShapeRule kSmallShapeRules[] = {
     {128, 1024, {128, 1, 1, 128}},
     {256, 128, {128, 2, 1, 64}},
-    {256, 512, {128, 2, 1, 128}},
-    {256, 1024, {128, 2, 1, 256}},
+    {256, 1024, {128, 2, 1, 128}},
     {512, 256, {256, 2, 1, 128}},
     {512, 1024, {256, 2, 1, 256}},
     {512, kSmallMaxExperts, {256, 2, 1}},

@@ -361,6 +361,11 @@ TEST_CASE("the small variant refuses a shape whose capacity misses the launch's"
   CHECK(mk::launch_align(h.params(), too_small, nullptr) == cudaErrorInvalidConfiguration);
 }
 
+TEST_CASE("the small variant refuses more experts than its scan takes") {
+  Harness h(64, mk::kSmallMaxExperts + 1, 8, 16, false, mk::AlignVariant::kSmall);
+  CHECK(mk::launch_align(h.params(), h.plan(), nullptr) == cudaErrorInvalidConfiguration);
+}
+
 TEST_CASE("skewed routings give exact results in every variant") {
   std::mt19937 rng(7);
   const Routing skews[] = {Routing::kOneExpert, Routing::kOneNonEmpty, Routing::kZipf};
