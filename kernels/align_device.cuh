@@ -5,6 +5,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/align.hpp"
 
@@ -209,12 +210,11 @@ __device__ __forceinline__ void zero_warp_row(std::uint16_t* row, int num_expert
   __syncwarp();
 }
 
-// rows[w][e] -> exclusive prefix over the kWarps warps w, for experts e in [begin, end); writes
-// totals[e] (int, or 16-bit where the totals fit). A thread per expert walks the warps (measured
-// faster than a warp-per-expert shuffle scan, which serializes E / warps experts per warp when
-// the block has few warps), with all of an expert's loads issued before its stores. Call after a
-// barrier that follows every warp's rank_warp_slots; rows are row_stride(E) apart.
-// warp_rows_to_prefix for one expert e: returns its total.
+// rows[w][e] -> exclusive prefix over the kWarps warps w, for expert e; returns e's total. A
+// thread per expert walks the warps (measured faster than a warp-per-expert shuffle scan, which
+// serializes E / warps experts per warp when the block has few warps), with all of the expert's
+// loads issued before its stores. Call after a barrier that follows every warp's
+// rank_warp_slots; rows are `stride` (row_stride(E)) apart.
 template <int kWarps>
 __device__ __forceinline__ int warp_row_to_prefix(std::uint16_t* rows, int stride, int e) {
   int counts[kWarps];
@@ -228,28 +228,29 @@ __device__ __forceinline__ int warp_row_to_prefix(std::uint16_t* rows, int strid
   }
   return run;
 }
-template <int kWarps, typename Total>
-__device__ __forceinline__ void warp_rows_to_prefix(std::uint16_t* rows, int num_experts, int begin,
-                                                    int end, Total* totals) {
-  const int stride = row_stride(num_experts);
-#pragma unroll 1
-  for (int e = begin; e < end; ++e) {
-    totals[e] = static_cast<Total>(warp_row_to_prefix<kWarps>(rows, stride, e));
-  }
+
+// The experts per thread a block of `threads` threads needs for `max_experts` experts, rounded up
+// to a power of two.
+__host__ __device__ constexpr int experts_per_thread_bound(int threads, int max_experts) {
+  int per = 1;
+  while (per * threads < max_experts) per *= 2;
+  return per;
 }
 
-// The run of consecutive experts [first, last) a thread owns in the segment scan: each of the
-// kThreads threads takes ceil(E / kThreads) of them.
-template <int kThreads>
-struct ExpertRun {
-  int first;
-  int last;
-  __device__ explicit ExpertRun(int num_experts) {
-    const int per_thread = (num_experts + kThreads - 1) / kThreads;
-    first = min(static_cast<int>(threadIdx.x) * per_thread, num_experts);
-    last = min(first + per_thread, num_experts);
+// Calls finish(std::integral_constant<int, kPer>) with kPer the least power of two from kFirst on
+// with kPer * threads >= num_experts, at most kMax (the launchers refuse larger E). A kernel that
+// keeps each thread's kPer consecutive experts in registers is built once per kPer this way.
+template <int kFirst, int kMax, typename Finish>
+__device__ __forceinline__ void with_experts_per_thread(int num_experts, int threads,
+                                                        Finish& finish) {
+  if constexpr (kFirst < kMax) {
+    if (num_experts > kFirst * threads) {
+      with_experts_per_thread<kFirst * 2, kMax>(num_experts, threads, finish);
+      return;
+    }
   }
-};
+  finish(std::integral_constant<int, kFirst>{});
+}
 
 // Block-wide scan: warp scans plus one combine (CUB BLOCK_SCAN_WARP_SCANS), measured cheaper than
 // CUB's default raking scan for these sizes.
@@ -257,44 +258,6 @@ template <int kThreads>
 using BlockScanInt = cub::BlockScan<int, kThreads, cub::BLOCK_SCAN_WARP_SCANS>;
 template <int kThreads>
 using ScanStorage = typename BlockScanInt<kThreads>::TempStorage;
-
-// Block-wide exclusive scan over the experts, each thread taking the experts of its run:
-// out[e] = the sum of size(f) over f < e. `out` may be the array size() reads (each size is read
-// before its entry is written). Returns the sum over all experts in every thread; contains a
-// barrier.
-template <int kThreads, typename Size>
-__device__ __forceinline__ int scan_experts(const ExpertRun<kThreads>& run, Size size, int* out,
-                                            ScanStorage<kThreads>& temp) {
-  // The loops stay rolled: a thread has one expert or a few, and unrolled the compiler adds ~20
-  // instructions of setup per loop at decode (SASS, H200); measured level in time (within 0.01 us
-  // of the unrolled form at every variant_bench point, 05:33Z).
-  int local = 0;
-#pragma unroll 1
-  for (int e = run.first; e < run.last; ++e) local += size(e);
-  int next = 0;
-  int total = 0;
-  BlockScanInt<kThreads>(temp).ExclusiveSum(local, next, total);
-#pragma unroll 1
-  for (int e = run.first; e < run.last; ++e) {
-    const int here = size(e);
-    out[e] = next;
-    next += here;
-  }
-  return total;
-}
-
-// Exclusive scan of the segments' sizes in blocks: starts[e] = the first block of expert e's
-// segment, for the experts of this thread's run (whose counts[e] this thread wrote). Scanning
-// blocks rather than padded entries keeps one division per expert. Returns the blocks of all
-// segments (num_tokens_post_pad / B) in every thread; contains a barrier.
-template <int kThreads>
-__device__ __forceinline__ int scan_segment_starts(const AlignParams& p,
-                                                   const ExpertRun<kThreads>& run,
-                                                   const int* counts, int* starts,
-                                                   ScanStorage<kThreads>& temp) {
-  return scan_experts<kThreads>(
-      run, [&](int e) { return segment_blocks(p, counts[e]); }, starts, temp);
-}
 
 // value into out[begin, end), spread over `threads` threads: 16-byte stores for the aligned quads
 // inside the range when `out` is 16-byte aligned, and the up to 3 entries before and after them
@@ -423,7 +386,7 @@ struct OneKernelStart {
 // padding entries per lane), groups spread over the grid. Measured on decode steps at E = 256: a
 // warp per expert serialized E / warps experts per warp (~0.8 us), a thread per expert issued up
 // to B scattered stores per thread (3x slower at E = 1024). Empty experts take no blocks. Call
-// after the barrier that follows scan_segment_starts.
+// after the barrier that follows the segment scan.
 __device__ __forceinline__ void write_segments(const AlignParams& p, const int* starts,
                                                const int* counts, int numel) {
   const int lanes_wanted = (p.block_size + 7) >> 3;

@@ -21,6 +21,7 @@
 #include "kernels/align.hpp"
 #include "kernels/align_device.cuh"
 #include "kernels/align_variants.hpp"
+#include "moe_dispatch/config.hpp"
 
 #include <algorithm>
 
@@ -285,75 +286,111 @@ __global__ void __launch_bounds__(kThreads) align_scatter_kernel(const AlignPara
   // Matching every item against the others: ahead up to 4 slots per thread here (docs/KERNELS.md).
   rank_warp_slots<kItems, (kItems <= 4)>(p, first, capacity_numel, ids, row, slots);
   __syncthreads();  // rows complete
-  // Stage the chunk sorted by expert (stable): slot s of expert e goes to entry local_start[e] +
-  // (earlier in its warp) + (in earlier warps), so that after the wait consecutive threads write
-  // runs of consecutive output entries instead of one scattered entry each.
-  const ExpertRun<kThreads> run(p.num_experts);
-  warp_rows_to_prefix<kWarps>(rows, p.num_experts, run.first, run.last, local_start);
-  const int staged_total = scan_experts<kThreads>(
-      run, [&](int e) { return local_start[e]; }, local_start, scan_temp);
-  __syncthreads();  // local starts complete, scan storage free
+
+  // The rest with kPer consecutive experts per thread (as many as E needs, a power of two), whose
+  // counts, segment sizes and starts stay in registers between the walk over the rows, the two
+  // block scans and the stores of what other threads read (as in the small variant,
+  // docs/KERNELS.md "The scan in registers").
+  const auto stage_and_scatter = [&](auto experts_per_thread) {
+    constexpr int kPer = decltype(experts_per_thread)::value;
+    const int first_expert = static_cast<int>(threadIdx.x) * kPer;
+    const int stride = row_stride(p.num_experts);
+    // Stage the chunk sorted by expert (stable): slot s of expert e goes to entry local_start[e]
+    // + (earlier in its warp) + (in earlier warps), so that after the wait consecutive threads
+    // write runs of consecutive output entries instead of one scattered entry each.
+    int in_chunk[kPer];
 #pragma unroll
-  for (int j = 0; j < kItems; ++j) {
-    const int e = slots.expert[j];
-    if (e >= 0) {
-      const int i = local_start[e] + rows[warp * row_stride(p.num_experts) + e] + slots.rank[j];
-      staged_slot[i] = static_cast<int>(first) + j * kWarp + lane;
-      staged_expert[i] = e;
+    for (int i = 0; i < kPer; ++i) {
+      const int e = first_expert + i;
+      in_chunk[i] = e < p.num_experts ? warp_row_to_prefix<kWarps>(rows, stride, e) : 0;
     }
-  }
-  wait_for_previous_kernel();
-
-  const int numel = launch_count(p) * p.top_k;
-  const UnusedTail tail(p, numel);
-  tail.fill_early(p, numel);
-  const bool used = block_first < numel;
-
-  // For this thread's run of the segment scan: counts[e], and base[e] (slots of e in earlier
-  // clusters and in earlier blocks of this block's cluster).
-  const int clusters_used = used_clusters<kThreads, kItems>(numel);
-  const int cluster_index = static_cast<int>(blockIdx.x) / kLargeCluster;
-  const int* cluster_totals = layout.cluster_totals(p);
-  const int* totals = layout.totals(p);
-  const int* intra = layout.intra(p, static_cast<int>(blockIdx.x));
-  for (int e = run.first; e < run.last; ++e) {
-    const int in_cluster = used ? intra[e] : 0;
-    if constexpr (kSumClusters) {
-      const ClusterSums sums(cluster_totals + e, layout.entries, clusters_used, cluster_index);
-      counts[e] = sums.total;
-      base[e] = sums.earlier + in_cluster;
-    } else {
-      counts[e] = totals[e];
-      base[e] = (used ? cluster_totals[layout.total_at(e, cluster_index)] : 0) + in_cluster;
+    int chunk_start[kPer];
+    int staged_total = 0;
+    BlockScanInt<kThreads>(scan_temp).ExclusiveSum(in_chunk, chunk_start, staged_total);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      if (first_expert + i < p.num_experts) local_start[first_expert + i] = chunk_start[i];
     }
-  }
-  const int used_blocks = scan_segment_starts<kThreads>(p, run, counts, starts, scan_temp);
-  if (blockIdx.x == 0 && threadIdx.x == 0) {
-    *p.num_tokens_post_pad = used_blocks * p.block_size;
-    p.counters[kCounterInvalid] =
-        kSumClusters
-            ? ClusterSums(cluster_totals + p.num_experts, layout.entries, clusters_used, 0).total
-            : totals[p.num_experts];
-  }
-  tail.fill_late(p, used_blocks, numel);
-  __syncthreads();  // starts, counts and base complete
-
-  // Staged entry i is its expert's (i - local_start[e])-th slot in this chunk; slots at or past
-  // the count come after the expert's others and are not written.
-  if (used) {
+    __syncthreads();  // local starts complete, scan storage free
 #pragma unroll
     for (int j = 0; j < kItems; ++j) {
-      const int i = j * kThreads + static_cast<int>(threadIdx.x);
-      if (i < staged_total) {
-        const int slot = staged_slot[i];
-        const int e = staged_expert[i];
-        if (slot < numel) {
-          p.sorted_token_ids[starts[e] * p.block_size + base[e] + i - local_start[e]] = slot;
+      const int e = slots.expert[j];
+      if (e >= 0) {
+        const int i = local_start[e] + rows[warp * stride + e] + slots.rank[j];
+        staged_slot[i] = static_cast<int>(first) + j * kWarp + lane;
+        staged_expert[i] = e;
+      }
+    }
+    wait_for_previous_kernel();
+
+    const int numel = launch_count(p) * p.top_k;
+    const UnusedTail tail(p, numel);
+    tail.fill_early(p, numel);
+    const bool used = block_first < numel;
+
+    // This thread's experts: counts[e], and base[e] (slots of e in earlier clusters and in earlier
+    // blocks of this block's cluster).
+    const int clusters_used = used_clusters<kThreads, kItems>(numel);
+    const int cluster_index = static_cast<int>(blockIdx.x) / kLargeCluster;
+    const int* cluster_totals = layout.cluster_totals(p);
+    const int* totals = layout.totals(p);
+    const int* intra = layout.intra(p, static_cast<int>(blockIdx.x));
+    int count[kPer];
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int e = first_expert + i;
+      count[i] = 0;
+      if (e >= p.num_experts) continue;
+      const int in_cluster = used ? intra[e] : 0;
+      if constexpr (kSumClusters) {
+        const ClusterSums sums(cluster_totals + e, layout.entries, clusters_used, cluster_index);
+        count[i] = sums.total;
+        base[e] = sums.earlier + in_cluster;
+      } else {
+        count[i] = totals[e];
+        base[e] = (used ? cluster_totals[layout.total_at(e, cluster_index)] : 0) + in_cluster;
+      }
+      counts[e] = count[i];
+    }
+    int blocks[kPer];
+    int segment_start[kPer];
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) blocks[i] = segment_blocks(p, count[i]);
+    int used_blocks = 0;
+    BlockScanInt<kThreads>(scan_temp).ExclusiveSum(blocks, segment_start, used_blocks);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      if (first_expert + i < p.num_experts) starts[first_expert + i] = segment_start[i];
+    }
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+      *p.num_tokens_post_pad = used_blocks * p.block_size;
+      p.counters[kCounterInvalid] =
+          kSumClusters
+              ? ClusterSums(cluster_totals + p.num_experts, layout.entries, clusters_used, 0).total
+              : totals[p.num_experts];
+    }
+    tail.fill_late(p, used_blocks, numel);
+    __syncthreads();  // starts, counts and base complete
+
+    // Staged entry i is its expert's (i - local_start[e])-th slot in this chunk; slots at or past
+    // the count come after the expert's others and are not written.
+    if (used) {
+#pragma unroll
+      for (int j = 0; j < kItems; ++j) {
+        const int i = j * kThreads + static_cast<int>(threadIdx.x);
+        if (i < staged_total) {
+          const int slot = staged_slot[i];
+          const int e = staged_expert[i];
+          if (slot < numel) {
+            p.sorted_token_ids[starts[e] * p.block_size + base[e] + i - local_start[e]] = slot;
+          }
         }
       }
     }
-  }
-  write_segments(p, starts, counts, numel);
+    write_segments(p, starts, counts, numel);
+  };
+  with_experts_per_thread<1, experts_per_thread_bound(kThreads, kMaxExperts)>(
+      p.num_experts, kThreads, stage_and_scatter);
 }
 
 std::size_t rows_bytes(int num_experts) {
@@ -462,7 +499,10 @@ std::size_t large_scratch_ints(const AlignPlan& plan, int num_experts) {
 
 cudaError_t launch_align_large(const AlignParams& params, const AlignPlan& plan,
                                cudaStream_t stream) {
-  if (plan.threads != kLargeThreads) return cudaErrorInvalidConfiguration;
+  // Experts past kMaxExperts would be left out of the scatter kernel's scans.
+  if (plan.threads != kLargeThreads || params.num_experts > kMaxExperts) {
+    return cudaErrorInvalidConfiguration;
+  }
   // The grid is whole clusters and its chunks cover the capacity (a plan for a smaller capacity
   // would index past the scratch).
   if (plan.grid % kLargeCluster != 0 || std::int64_t{plan.grid} * kLargeThreads * plan.items <

@@ -30,28 +30,6 @@ __host__ __device__ constexpr int cluster_ints_before(int num_experts) {
 }
 __host__ __device__ constexpr int cluster_row(int num_experts) { return (num_experts + 7) / 8 * 8; }
 
-// The experts per thread a block of `threads` threads needs for kSmallMaxExperts experts, rounded
-// up to a power of two.
-__host__ __device__ constexpr int experts_per_thread_bound(int threads) {
-  int per = 1;
-  while (per * threads < kSmallMaxExperts) per *= 2;
-  return per;
-}
-
-// Calls finish(std::integral_constant<int, kPer>) with kPer the least power of two from kFirst on
-// with kPer * threads >= num_experts, at most kMax (the launcher refuses larger E).
-template <int kFirst, int kMax, typename Finish>
-__device__ __forceinline__ void with_experts_per_thread(int num_experts, int threads,
-                                                        Finish& finish) {
-  if constexpr (kFirst < kMax) {
-    if (num_experts > kFirst * threads) {
-      with_experts_per_thread<kFirst * 2, kMax>(num_experts, threads, finish);
-      return;
-    }
-  }
-  finish(std::integral_constant<int, kFirst>{});
-}
-
 // Shared memory: starts[E] (int32), with clusters also base[E] (int32) and
 // cluster_counts[kClusterBlocks][cluster_row(E)] (16-bit), then one row of 16-bit counters per
 // warp.
@@ -251,8 +229,8 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
         own.write_segment_blocks(p, segment_start[i], blocks[i], block_owner(p, e));
     }
   };
-  with_experts_per_thread<1, experts_per_thread_bound(kBlockThreads)>(p.num_experts, kBlockThreads,
-                                                                      scan_and_write);
+  with_experts_per_thread<1, experts_per_thread_bound(kBlockThreads, kSmallMaxExperts)>(
+      p.num_experts, kBlockThreads, scan_and_write);
 }
 
 template <int kThreads, int kItems, int kClusterBlocks, int kFillThreads>

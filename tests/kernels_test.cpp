@@ -11,6 +11,7 @@
 #include "kernels/align.hpp"
 #include "kernels/align_variants.hpp"
 #include "moe_dispatch/align.hpp"
+#include "moe_dispatch/config.hpp"
 #include "moe_dispatch/cuda_raii.hpp"
 #include "moe_dispatch/reference.hpp"
 #include "support/device_check.hpp"
@@ -361,9 +362,11 @@ TEST_CASE("the small variant refuses a shape whose capacity misses the launch's"
   CHECK(mk::launch_align(h.params(), too_small, nullptr) == cudaErrorInvalidConfiguration);
 }
 
-TEST_CASE("the small variant refuses more experts than its scan takes") {
-  Harness h(64, mk::kSmallMaxExperts + 1, 8, 16, false, mk::AlignVariant::kSmall);
-  CHECK(mk::launch_align(h.params(), h.plan(), nullptr) == cudaErrorInvalidConfiguration);
+TEST_CASE("the small and large variants refuse more experts than their scans take") {
+  Harness small(64, mk::kSmallMaxExperts + 1, 8, 16, false, mk::AlignVariant::kSmall);
+  CHECK(mk::launch_align(small.params(), small.plan(), nullptr) == cudaErrorInvalidConfiguration);
+  Harness large(64, md::kMaxExperts + 1, 8, 16, false, mk::AlignVariant::kLarge);
+  CHECK(mk::launch_align(large.params(), large.plan(), nullptr) == cudaErrorInvalidConfiguration);
 }
 
 TEST_CASE("skewed routings give exact results in every variant") {
