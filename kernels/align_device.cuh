@@ -229,6 +229,19 @@ __device__ __forceinline__ int warp_row_to_prefix(std::uint16_t* rows, int strid
   return run;
 }
 
+// warp_row_to_prefix for the kPer consecutive experts from first_expert: totals[i] is expert
+// first_expert + i's total (0 past E).
+template <int kWarps, int kPer>
+__device__ __forceinline__ void warp_rows_to_prefix(std::uint16_t* rows, int num_experts,
+                                                    int first_expert, int (&totals)[kPer]) {
+  const int stride = row_stride(num_experts);
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int e = first_expert + i;
+    totals[i] = e < num_experts ? warp_row_to_prefix<kWarps>(rows, stride, e) : 0;
+  }
+}
+
 // The experts per thread a block of `threads` threads needs for `max_experts` experts, rounded up
 // to a power of two.
 __host__ __device__ constexpr int experts_per_thread_bound(int threads, int max_experts) {
@@ -258,6 +271,27 @@ template <int kThreads>
 using BlockScanInt = cub::BlockScan<int, kThreads, cub::BLOCK_SCAN_WARP_SCANS>;
 template <int kThreads>
 using ScanStorage = typename BlockScanInt<kThreads>::TempStorage;
+
+// Exclusive scan of the segments' sizes in blocks, each thread holding the counts of kPer
+// consecutive experts from first_expert (0 past E): blocks[i] and first_block[i] are the size and
+// the first block of expert first_expert + i's segment, also written to starts[] (experts below
+// E). Scanning blocks rather than padded entries keeps one division per expert. Returns the blocks
+// of all segments (num_tokens_post_pad / B) in every thread; contains a barrier.
+template <int kThreads, int kPer>
+__device__ __forceinline__ int scan_segment_starts(const AlignParams& p, int first_expert,
+                                                   const int (&count)[kPer], int (&blocks)[kPer],
+                                                   int (&first_block)[kPer], int* starts,
+                                                   ScanStorage<kThreads>& temp) {
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) blocks[i] = segment_blocks(p, count[i]);
+  int used_blocks = 0;
+  BlockScanInt<kThreads>(temp).ExclusiveSum(blocks, first_block, used_blocks);
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    if (first_expert + i < p.num_experts) starts[first_expert + i] = first_block[i];
+  }
+  return used_blocks;
+}
 
 // value into out[begin, end), spread over `threads` threads: 16-byte stores for the aligned quads
 // inside the range when `out` is 16-byte aligned, and the up to 3 entries before and after them

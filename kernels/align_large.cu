@@ -299,11 +299,7 @@ __global__ void __launch_bounds__(kThreads) align_scatter_kernel(const AlignPara
     // + (earlier in its warp) + (in earlier warps), so that after the wait consecutive threads
     // write runs of consecutive output entries instead of one scattered entry each.
     int in_chunk[kPer];
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int e = first_expert + i;
-      in_chunk[i] = e < p.num_experts ? warp_row_to_prefix<kWarps>(rows, stride, e) : 0;
-    }
+    warp_rows_to_prefix<kWarps>(rows, p.num_experts, first_expert, in_chunk);
     int chunk_start[kPer];
     int staged_total = 0;
     BlockScanInt<kThreads>(scan_temp).ExclusiveSum(in_chunk, chunk_start, staged_total);
@@ -354,14 +350,8 @@ __global__ void __launch_bounds__(kThreads) align_scatter_kernel(const AlignPara
     }
     int blocks[kPer];
     int segment_start[kPer];
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) blocks[i] = segment_blocks(p, count[i]);
-    int used_blocks = 0;
-    BlockScanInt<kThreads>(scan_temp).ExclusiveSum(blocks, segment_start, used_blocks);
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      if (first_expert + i < p.num_experts) starts[first_expert + i] = segment_start[i];
-    }
+    const int used_blocks = scan_segment_starts<kThreads>(p, first_expert, count, blocks,
+                                                          segment_start, starts, scan_temp);
     if (blockIdx.x == 0 && threadIdx.x == 0) {
       *p.num_tokens_post_pad = used_blocks * p.block_size;
       p.counters[kCounterInvalid] =

@@ -119,11 +119,7 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
     const int first_expert = static_cast<int>(threadIdx.x) * kPer;
     const int stride = row_stride(p.num_experts);
     int count[kPer];
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int e = first_expert + i;
-      count[i] = e < p.num_experts ? warp_row_to_prefix<kWarps>(rows, stride, e) : 0;
-    }
+    warp_rows_to_prefix<kWarps>(rows, p.num_experts, first_expert, count);
     if constexpr (kClustered) {
       // The blocks exchange their totals through distributed shared memory: each block writes its
       // row of 16-bit totals (with its padding, up to cluster_stride <= kBlockThreads * kPer) and
@@ -187,15 +183,8 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
     }
     int blocks[kPer];
     int segment_start[kPer];
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) blocks[i] = segment_blocks(p, count[i]);
-    int used_blocks = 0;
-    BlockScanInt<kBlockThreads>(scan_temp).ExclusiveSum(blocks, segment_start, used_blocks);
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int e = first_expert + i;
-      if (e < p.num_experts) starts[e] = segment_start[i];
-    }
+    const int used_blocks = scan_segment_starts<kBlockThreads>(p, first_expert, count, blocks,
+                                                               segment_start, starts, scan_temp);
     __syncthreads();  // starts (and base) complete
 
     // The counters: one thread of the grid, the last of block 0.
