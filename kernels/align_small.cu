@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
   // sizes in blocks. An expert's count, size and start stay in registers from the walk to its
   // expert_ids stores; only the starts the slots need pass through shared memory. Measured
   // against a rolled loop over each thread's run of experts, through shared memory (H200,
-  // 2026-12-03, docs/KERNELS.md): 0.18-0.37 us less at E <= 256.
+  // 2026-12-02 21:23Z, docs/KERNELS.md): 0.19-0.59 us less at every point the planner takes.
   const auto scan_and_write = [&](auto experts_per_thread) {
     constexpr int kPer = decltype(experts_per_thread)::value;
     const int first_expert = static_cast<int>(threadIdx.x) * kPer;
