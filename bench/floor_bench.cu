@@ -4,11 +4,16 @@
 // to back, bench/queued_timing.hpp), and the host time of one cudaGraphLaunch (the part
 // of DispatchStage::run() that is the driver's). Reference kernels: an empty one, and one that
 // loads a 32-slot row and stores it (the least a dispatch kernel must do: read the routing, write
-// an output), on 1 block and on 17 blocks (a decode-sized grid). Then the
+// an output), on 1 block and on 17 blocks (a decode-sized grid); and what the clustered small
+// shapes pay for their clusters: 40 blocks of 256 threads (the grid of 2048 slots at E = 256,
+// B = 64) empty without and with clusters of 8, with the start wait and one cluster barrier, and
+// with a fill of 512 entries per block before a block barrier or a cluster barrier. Then the
 // host cost of the runtime calls run() makes besides the launch, and of the kernel-parameter
 // update it makes when a count changes.
 #include <cuda.h>
 #include <cudaTypedefs.h>
+
+#include <cooperative_groups.h>
 
 #include <algorithm>
 #include <chrono>
@@ -32,6 +37,31 @@ __global__ void load_store_kernel(const int* in, int* out) {
   out[warp * 32 + lane] = __ldg(in + lane) + 1;
 }
 
+// The clustered small shapes' synchronization without their work: every block arrives (relaxed)
+// at its start and waits before the exchange, then the cluster barrier (release and acquire).
+__global__ void cluster_barrier_kernel() {
+  __cluster_barrier_arrive_relaxed();
+  __cluster_barrier_wait();
+  cooperative_groups::this_cluster().sync();
+}
+
+// Each block writes 512 entries of `out` (its owned output blocks), then waits at a block barrier
+// or, with kCluster, at the clustered shapes' start wait and cluster barrier, which orders the
+// stores before every later write of the cluster.
+template <bool kCluster>
+__global__ void fill_barrier_kernel(int* out) {
+  if constexpr (kCluster) __cluster_barrier_arrive_relaxed();
+  int* own = out + blockIdx.x * 512;
+  own[threadIdx.x] = -1;
+  own[threadIdx.x + 256] = -1;
+  if constexpr (kCluster) {
+    __cluster_barrier_wait();
+    cooperative_groups::this_cluster().sync();
+  } else {
+    __syncthreads();
+  }
+}
+
 using Launch = void (*)(cudaStream_t, const int*, int*, int);
 
 void launch_empty(cudaStream_t stream, const int*, int*, int grid) {
@@ -39,6 +69,41 @@ void launch_empty(cudaStream_t stream, const int*, int*, int grid) {
 }
 void launch_load_store(cudaStream_t stream, const int* in, int* out, int grid) {
   load_store_kernel<<<grid, 128, 0, stream>>>(in, out);
+}
+
+constexpr int kClusterGrid = 40;
+constexpr int kClusterBlocks = 8;
+
+template <typename... Args>
+void launch_clustered(void (*kernel)(Args...), cudaStream_t stream, int grid, Args... args) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = kClusterBlocks;
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(grid);
+  config.blockDim = dim3(256);
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  MOE_DISPATCH_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
+}
+
+void launch_empty_256(cudaStream_t stream, const int*, int*, int grid) {
+  empty_kernel<<<grid, 256, 0, stream>>>();
+}
+void launch_empty_clustered(cudaStream_t stream, const int*, int*, int grid) {
+  launch_clustered(empty_kernel, stream, grid);
+}
+void launch_cluster_barrier(cudaStream_t stream, const int*, int*, int grid) {
+  launch_clustered(cluster_barrier_kernel, stream, grid);
+}
+void launch_fill_block_barrier(cudaStream_t stream, const int*, int* out, int grid) {
+  fill_barrier_kernel<false><<<grid, 256, 0, stream>>>(out);
+}
+void launch_fill_cluster_barrier(cudaStream_t stream, const int*, int* out, int grid) {
+  launch_clustered(fill_barrier_kernel<true>, stream, grid, out);
 }
 
 md::Graph capture_graph(Launch launch, int calls, cudaStream_t stream, const int* in, int* out,
@@ -126,16 +191,25 @@ int main() {
   const md::Stream stream = md::make_stream();
   constexpr int kMaxGrid = 17;
   md::DeviceBuffer<int> in(32);
-  md::DeviceBuffer<int> out(kMaxGrid * 128);
+  md::DeviceBuffer<int> out(kClusterGrid * 512);
   MOE_DISPATCH_CUDA_CHECK(cudaMemset(in.get(), 0, in.bytes()));
   struct Case {
     const char* name;
     Launch launch;
     int grid;
   };
-  const Case cases[] = {{"empty", launch_empty, 1},
-                        {"load 32 ids, store", launch_load_store, 1},
-                        {"load 32 ids, store", launch_load_store, kMaxGrid}};
+  const Case cases[] = {
+      {"empty", launch_empty, 1},
+      {"load 32 ids, store", launch_load_store, 1},
+      {"load 32 ids, store", launch_load_store, kMaxGrid},
+      {"empty, 256 threads", launch_empty_256, kClusterGrid},
+      {"empty, 256 threads, clusters of 8", launch_empty_clustered, kClusterGrid},
+      {"start wait and cluster barrier, 256 threads, clusters of 8", launch_cluster_barrier,
+       kClusterGrid},
+      {"fill 512 entries, block barrier, 256 threads", launch_fill_block_barrier, kClusterGrid},
+      {"fill 512 entries, start wait and cluster barrier, 256 threads, clusters "
+       "of 8",
+       launch_fill_cluster_barrier, kClusterGrid}};
   std::printf(
       "| kernel | blocks | graph µs (per node of 100) | replay µs (one-node graph) | "
       "replay GPU µs, queued | host µs per cudaGraphLaunch |\n");
