@@ -24,12 +24,21 @@ __device__ __forceinline__ int segment_blocks(const AlignParams& p, int count) {
   return divide(count + p.block_size - 1, p.block_div);
 }
 
-// The token count this launch aligns (first kernel of a launch): the device value or the host
-// parameter, clamped to [0, max_tokens].
-__device__ __forceinline__ int read_num_tokens(const AlignParams& p, bool* clamped) {
-  const int n = p.num_tokens != nullptr ? *p.num_tokens : p.host_num_tokens;
+// The token count as the caller gave it (first kernel of a launch): the device value or the host
+// parameter.
+__device__ __forceinline__ int load_num_tokens(const AlignParams& p) {
+  return p.num_tokens != nullptr ? *p.num_tokens : p.host_num_tokens;
+}
+
+// A loaded count clamped to [0, max_tokens].
+__device__ __forceinline__ int clamp_num_tokens(const AlignParams& p, int n, bool* clamped) {
   *clamped = n < 0 || n > p.max_tokens;
   return n < 0 ? 0 : (n > p.max_tokens ? p.max_tokens : n);
+}
+
+// The token count this launch aligns, clamped.
+__device__ __forceinline__ int read_num_tokens(const AlignParams& p, bool* clamped) {
+  return clamp_num_tokens(p, load_num_tokens(p), clamped);
 }
 
 // Written by block 0 of the first kernel; later kernels of the launch read the count from here.
@@ -190,9 +199,10 @@ __device__ __forceinline__ int rank_warp_slots(const AlignParams& p, std::int64_
 
 // Zeroes this warp's row of `num_experts` 16-bit counters, two per 32-bit store (rows start
 // 4-byte aligned, and the row stride leaves room past an odd count): one store per lane up to 64
-// experts, else a loop, unrolled by 4 when kUnrolled. Measured (H200): unrolled, one-block small
-// shapes gain up to 0.15 us at E = 1024; the clustered ones at E = 1024 and the large variant at
-// E = 128 lose 0.1-0.3 us, so they keep the loop rolled.
+// experts, else a loop, unrolled by 4 when kUnrolled. Measured (H200): unrolled, the small
+// variant gains up to 0.15 us at E = 1024 in one block and up to 0.12 us in clusters, which zero
+// while their ids load (zeroing after the fill, they had lost 0.1-0.3 us at E = 1024); the large
+// variant loses 0.1-0.3 us at E = 128, so it keeps the loop rolled.
 template <bool kUnrolled>
 __device__ __forceinline__ void zero_warp_row(std::uint16_t* row, int num_experts) {
   auto* words = reinterpret_cast<std::uint32_t*>(row);
@@ -392,7 +402,9 @@ struct OwnedBlocks {
 
 // The opening of the one-kernel variants (tiny and small): the ids of the warp's slots from
 // `first` (loaded up to the capacity, so they are in flight before the count arrives), the count,
-// and the extent of the outputs defined for it.
+// and the extent of the outputs defined for it. `meanwhile()` runs after the loads are issued and
+// before the count is first used: work that needs neither (the small variant's zeroing of its
+// counter rows) waits for no load there.
 template <int kItems>
 struct OneKernelStart {
   int ids[kItems];
@@ -402,16 +414,20 @@ struct OneKernelStart {
   int extent;         // entries of sorted_token_ids defined for numel slots
   int extent_blocks;  // entries of expert_ids defined for numel slots
 
-  __device__ OneKernelStart(const AlignParams& p, std::int64_t first)
-      : num_tokens(load(p, first)),
+  template <typename Meanwhile>
+  __device__ OneKernelStart(const AlignParams& p, std::int64_t first, Meanwhile&& meanwhile)
+      : num_tokens(load(p, first, meanwhile)),
         numel(num_tokens * p.top_k),
         extent(sorted_extent(p, numel)),
         extent_blocks(segment_blocks(p, extent)) {}
 
  private:
-  __device__ int load(const AlignParams& p, std::int64_t first) {
+  template <typename Meanwhile>
+  __device__ int load(const AlignParams& p, std::int64_t first, Meanwhile& meanwhile) {
     load_ids<kItems>(p, first, static_cast<std::int64_t>(p.max_tokens) * p.top_k, ids);
-    return read_num_tokens(p, &clamped);
+    const int loaded = load_num_tokens(p);
+    meanwhile();
+    return clamp_num_tokens(p, loaded, &clamped);
   }
 };
 

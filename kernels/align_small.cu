@@ -71,10 +71,18 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
   const bool ranks = kFillThreads == 0 || warp < kWarps;
   // Fill warps start past the block's slots, hence past the capacity: they load no ids.
   const std::int64_t first = static_cast<std::int64_t>(member * kWarps + warp) * kWarp * kItems;
-  // Distributed shared memory may be written only once every block of the cluster runs: each
-  // block arrives here and waits before its first remote store.
-  if constexpr (kClustered) __cluster_barrier_arrive_relaxed();
-  const OneKernelStart<kItems> start(p, first);
+  // In a cluster each warp zeroes its private row of counters while the ids and the count load
+  // (the zeroing needs neither; measured against zeroing after the fill, docs/KERNELS.md: less
+  // kernel time at every clustered point, level or more in the one-block shapes, which zero after
+  // it). Distributed shared memory may be written only once every block of the cluster runs: each
+  // block arrives meanwhile too and waits before its first remote store.
+  std::uint16_t* row = rows + warp * row_stride(p.num_experts);
+  const OneKernelStart<kItems> start(p, first, [&] {
+    if constexpr (kClustered) {
+      __cluster_barrier_arrive_relaxed();
+      zero_warp_row<true>(row, p.num_experts);
+    }
+  });
   const int numel = start.numel;
 
   // This cluster's output blocks take -1 and the sentinel while the ids arrive; the slots and the
@@ -90,8 +98,7 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
   // Count: each warp ranks its own consecutive slots against its private row of counters.
   WarpSlots<kItems> slots;
   if (ranks) {
-    std::uint16_t* row = rows + warp * row_stride(p.num_experts);
-    zero_warp_row<!kClustered>(row, p.num_experts);
+    if constexpr (!kClustered) zero_warp_row<true>(row, p.num_experts);
     // Matching every item against the others: ahead in one-block shapes up to 2 items per thread,
     // behind with 4 and in clusters (docs/KERNELS.md).
     constexpr bool kCross = kItems <= 2 && !kClustered;

@@ -103,7 +103,7 @@ template <int kItems>
 __global__ void __launch_bounds__(kTinyThreads) align_tiny_kernel(const AlignParams p) {
   const int lane = threadIdx.x % kWarp;
   const bool ranker = threadIdx.x < kWarp;
-  const OneKernelStart<kItems> start(p, 0);
+  const OneKernelStart<kItems> start(p, 0, [] {});
   const int numel = start.numel;
   const OwnedBlocks own(p, static_cast<int>(blockIdx.x), start.extent, start.extent_blocks);
 
