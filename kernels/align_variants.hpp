@@ -54,10 +54,17 @@ struct SmallShapeRule {
 // - 257-512 slots 256 x 2, with 128 fill threads up to E 256 and 256 past them (04:50Z: E 256 2.62
 //   against 2.68 without and 2.74 with 256; E 512 2.90 against 3.02 without; 06:46Z: 128 x 4 + 128
 //   2.71 against 2.53 at E 256);
-// - 513-1024 slots 256 x 4, with 256 fill threads past E 256 (06:37Z: E 8 2.70 against 2.87 for
-//   clusters of 4 x 256 x 1 and 2.77 for 512 x 2; E 256 2.96 against 3.07 and 3.12; E 1024 3.91
-//   against 4.06 for 512 x 2, and 4.63 for 512 x 4 at 06:34Z; 15:46Z: E 512 3.30 against 3.39
-//   without fill threads, 4.12 against 4.29 per replay);
+// - 513-1024 slots one block of 256 x 4 for E <= 8 and E 513-1024 (with 256 fill threads: 15:46Z,
+//   E 512 3.30 against 3.39 without, 4.12 against 4.29 per replay), clusters of 4 in between:
+//   128 x 2 for E 9-128, 256 x 1 for E 129-512 (2026-12-03 11:53Z, after the clustered shapes
+//   zero while their ids load, kernel time / per replay: E 8 256 x 4 2.40 / 3.07 against 2.38 /
+//   3.28 for 128 x 2 x 4; E 64 2.43 / 3.17 against 2.50 / 3.40 for 256 x 4; E 128 2.45 / 3.22
+//   against 2.62 / 3.53; E 256 2.61 / 3.34 against 2.69 / 3.40; E 512 2.90 / 3.62 against 3.03 /
+//   3.78 for 256 x 4; E 1024 + 256 fill 3.42 / 4.24 against 3.68 / 4.54 for 256 x 1 x 4; the
+//   planner's plans before and after, 12:1xZ, both builds in one run, two rounds, kernel time:
+//   E 64 2.52 -> 2.42, E 128 2.64 -> 2.45, E 256 2.71 -> 2.63, E 512 2.92 against 3.08 for
+//   256 x 4 + 256; before that change one block led at every E, 06:37Z: E 256 2.96 against 3.07
+//   for 4 x 256 x 1);
 // - from 1025 slots clusters of 8 blocks of 256 threads for E <= 512, 1, 2, 4 and 8 slots per
 //   thread up to 2048, 4096, 8192 and 16384 slots (06:43Z, E 256: 8192 slots 3.92 against 4.15 for
 //   512 x 2 x 8; 16384 4.83 against 4.98 for 512 x 4 x 8; 06:40Z: 256 x 8 x 1 3.77 against 3.24 at
@@ -75,7 +82,9 @@ inline constexpr SmallShapeRule kSmallShapeRules[] = {
     {512, 256, {256, 2, 1, 128}},
     {512, 1024, {256, 2, 1, 256}},
     {512, kSmallMaxExperts, {256, 2, 1}},
-    {1024, 256, {256, 4, 1}},
+    {1024, 8, {256, 4, 1}},
+    {1024, 128, {128, 2, 4}},
+    {1024, 512, {256, 1, 4}},
     {1024, 1024, {256, 4, 1, 256}},
     {2048, 512, {256, 1, 8}},
     {4096, 512, {256, 2, 8}},

@@ -24,8 +24,9 @@ TEST_CASE("the planner: variant, block shape, cluster and large form on both sid
   }
   CHECK(mk::plan_align(std::int64_t{1} << 20, 256, 64).variant == mk::AlignVariant::kLarge);
   // One block of 128 x 1 with 128 fill threads up to 128 slots (up to E = 1024), of 128 x 2 at
-  // 129-256 slots, of 256 x 4 at 513-1024 (256 fill threads more past 256 experts); clusters share
-  // the ranking from 1025 slots up to E = 1024 (measured ahead there), not past 1024 experts.
+  // 129-256 slots, of 256 x 4 at 513-1024 for E <= 8 and (with 256 fill threads) E 513-1024;
+  // clusters of 4 share the ranking at 513-1024 slots for E 9-512, and clusters from 1025 slots up
+  // to E = 1024 (measured ahead there), not past 1024 experts.
   for (const int experts : {8, 1024}) {
     const mk::AlignPlan one = mk::plan_align(128, experts, 64);
     CHECK((one.cluster == 1 && one.threads == 128 && one.items == 1 && one.fill_threads == 128));
@@ -35,9 +36,16 @@ TEST_CASE("the planner: variant, block shape, cluster and large form on both sid
   CHECK((two.cluster == 1 && two.threads == 128 && two.items == 2 && two.fill_threads == 128));
   CHECK(mk::plan_align(256, 128, 64).fill_threads == 64);
   CHECK(mk::plan_align(257, 128, 64).threads == 256);
-  const mk::AlignPlan four = mk::plan_align(513, 256, 64);
+  const mk::AlignPlan four = mk::plan_align(513, 8, 64);
   CHECK((four.cluster == 1 && four.threads == 256 && four.items == 4 && four.fill_threads == 0));
-  CHECK(mk::plan_align(1024, 257, 64).fill_threads == 256);
+  const mk::AlignPlan pairs = mk::plan_align(1024, 9, 64);
+  CHECK((pairs.cluster == 4 && pairs.threads == 128 && pairs.items == 2));
+  CHECK(mk::plan_align(513, 128, 64).threads == 128);
+  const mk::AlignPlan singles = mk::plan_align(513, 129, 64);
+  CHECK((singles.cluster == 4 && singles.threads == 256 && singles.items == 1));
+  CHECK(mk::plan_align(1024, 512, 64).cluster == 4);
+  CHECK(mk::plan_align(1024, 513, 64).cluster == 1);
+  CHECK(mk::plan_align(1024, 513, 64).fill_threads == 256);
   CHECK(mk::plan_align(1025, 512, 64).cluster == 8);
   CHECK(mk::plan_align(4096, 512, 64).cluster == 8);
   CHECK(mk::plan_align(1024, 1024, 64).cluster == 1);
@@ -130,7 +138,7 @@ TEST_CASE("the one-kernel grids: 4096 output entries per block, clusters 512") {
     CHECK(one_block(1024, 8, 64) == 2);       // 1536
     CHECK(one_block(128, 64, 128) == 9);      // 8320
     CHECK(one_block(512, 256, 64) == 9);      // 16896
-    CHECK(one_block(1024, 512, 64) == 9);     // 33792
+    CHECK(one_block(1024, 1024, 32) == 9);    // 33792
     CHECK(one_block(128, 1024, 128) == 33);   // 131200
     CHECK(one_block(2048, 2048, 128) == 65);  // 264192
   }
@@ -141,6 +149,8 @@ TEST_CASE("the one-kernel grids: 4096 output entries per block, clusters 512") {
       CHECK(plan.cluster == cluster);
       return plan.grid;
     };
+    CHECK(clustered(1024, 512, 64, 4) == 64);    // 33792 entries: the cap, 16 clusters of 4
+    CHECK(clustered(1024, 64, 128, 4) == 20);    // 9216: 18 blocks, 5 clusters
     CHECK(clustered(2048, 8, 64, 8) == 8);       // 2560 entries: 5 blocks, one cluster
     CHECK(clustered(4096, 256, 64, 8) == 40);    // 20480: 40 blocks
     CHECK(clustered(8192, 256, 64, 8) == 48);    // 24576: 48
