@@ -38,6 +38,7 @@
 #include "moe_dispatch/dispatch_stage.hpp"
 #include "moe_dispatch/errors.hpp"
 #include "queued_timing.hpp"
+#include "routing.hpp"
 
 namespace md = moe_dispatch;
 
@@ -74,22 +75,6 @@ double time_per_call_us(cudaStream_t stream, int trials, int calls,
     samples.push_back(1000.0 * ms / calls);
   }
   return median(samples);
-}
-
-std::vector<std::int32_t> uniform_routing(int tokens, int top_k, int experts, std::mt19937& rng) {
-  std::vector<std::int32_t> ids(static_cast<std::size_t>(tokens) * top_k);
-  std::uniform_int_distribution<int> pick(0, experts - 1);
-  for (int t = 0; t < tokens; ++t) {
-    for (int k = 0; k < top_k; ++k) {
-      int e = pick(rng);
-      while (std::find(ids.begin() + t * top_k, ids.begin() + t * top_k + k, e) !=
-             ids.begin() + t * top_k + k) {
-        e = pick(rng);
-      }
-      ids[static_cast<std::size_t>(t) * top_k + k] = e;
-    }
-  }
-  return ids;
 }
 
 // Persistent buffers for align_async at one capacity.
@@ -174,7 +159,7 @@ int bench_kernels(const std::string& json_path, const std::string& md_path) {
   for (const Shape& s : shapes) {
     const md::AlignShape shape{s.experts, s.top_k, s.block, false};
     for (const int tokens : token_counts) {
-      const auto ids = uniform_routing(tokens, s.top_k, s.experts, rng);
+      const auto ids = md::bench::distinct_routing(tokens, s.top_k, s.experts, rng);
       EagerBuffers eb(shape, tokens, ids);
       const double eager = time_per_call_us(
           stream, 15, 200, [&] { md::align_async(shape, tokens, eb.view, stream); });
@@ -255,7 +240,8 @@ int bench_stage(const std::string& config_path, std::optional<int> fixed_count_g
   const md::Stream stream_owner = md::make_stream();
   cudaStream_t stream = stream_owner.get();
   std::mt19937 rng(43);
-  const auto all_ids = uniform_routing(cfg.max_tokens(), cfg.top_k, cfg.num_experts, rng);
+  const auto all_ids =
+      md::bench::distinct_routing(cfg.max_tokens(), cfg.top_k, cfg.num_experts, rng);
   MOE_DISPATCH_CUDA_CHECK(
       cudaMemcpy(stage.input(), all_ids.data(), all_ids.size() * 4, cudaMemcpyHostToDevice));
   md::DeviceBuffer<std::int32_t> device_count(1);  // the count for run_device_count()

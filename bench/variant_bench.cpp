@@ -15,6 +15,7 @@
 #include "moe_dispatch/cuda_raii.hpp"
 #include "moe_dispatch/errors.hpp"
 #include "queued_timing.hpp"
+#include "routing.hpp"
 #include "runtime/graph_cache.hpp"
 
 namespace md = moe_dispatch;
@@ -82,7 +83,7 @@ mk::AlignParams with_host_count(mk::AlignParams p, int tokens) {
   return p;
 }
 
-// Device buffers and parameters for one shape and token count, routed uniformly at random.
+// Device buffers and parameters for one shape and token count, with distinct_routing().
 struct Point {
   md::DeviceBuffer<std::int32_t> input, count, post, sorted, blocks, scratch;
   mk::AlignParams params;
@@ -96,9 +97,7 @@ struct Point {
         blocks(static_cast<std::size_t>(md::expert_ids_capacity(
             md::AlignShape{experts, top_k, block, false}, std::int64_t{tokens} * top_k))),
         scratch(std::max<std::size_t>(scratch_ints, 1)) {
-    std::vector<std::int32_t> ids(input.size());
-    std::uniform_int_distribution<int> pick(0, experts - 1);
-    for (auto& id : ids) id = pick(rng);
+    const std::vector<std::int32_t> ids = md::bench::distinct_routing(tokens, top_k, experts, rng);
     MOE_DISPATCH_CUDA_CHECK(
         cudaMemcpy(input.get(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
     MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(count.get(), &tokens, 4, cudaMemcpyHostToDevice));
