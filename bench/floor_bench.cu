@@ -9,7 +9,7 @@
 // B = 64) empty without and with clusters of 8, with the start wait and one cluster barrier, and
 // with a fill of 512 entries per block before a block barrier or a cluster barrier. Then the
 // host cost of the runtime calls run() makes besides the launch, and of the kernel-parameter
-// update it makes when a count changes.
+// update it makes when a count changes, against a stream write of the count before the launch.
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
@@ -308,6 +308,50 @@ int main() {
               update_and_launch(runtime_update, false), update_and_launch(driver_update, false));
   std::printf("| update and launch, two in turn | %.2f | %.2f |\n",
               update_and_launch(runtime_update, true), update_and_launch(driver_update, true));
+
+  // Another way to give a graph a count without updating it: a stream write of the count into
+  // device memory (cuStreamWriteValue32) before the launch, which the graph's kernel would read.
+  // Host time, and GPU time per call queued, against the launch alone and the update.
+  MOE_DISPATCH_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuStreamWriteValue32", &entry, 11070,
+                                                           cudaEnableDefault, &found));
+  if (found != cudaDriverEntryPointSuccess) {
+    std::printf("cuStreamWriteValue32 not found\n");
+    return 1;
+  }
+  const auto write_value = reinterpret_cast<PFN_cuStreamWriteValue32_v11070>(entry);
+  md::DeviceBuffer<int> count(1);
+  const auto write_count = [&](int i) {
+    const CUresult result =
+        write_value(reinterpret_cast<CUstream>(s), reinterpret_cast<CUdeviceptr>(count.get()),
+                    static_cast<cuuint32_t>(i), 0);
+    if (result != CUDA_SUCCESS) {
+      md::detail::throw_cuda_error(static_cast<cudaError_t>(result), "cuStreamWriteValue32",
+                                   __FILE__, __LINE__);
+    }
+  };
+  const auto queued = [&](const auto& call) {
+    int i = 0;
+    return md::bench::queued_us_per_call(s, 15, 64, [&] { call(i++); });
+  };
+  std::printf(
+      "\n| per call | host µs | GPU µs, queued |\n|---|---|---|\n"
+      "| cudaGraphLaunch alone | %.2f | %.2f |\n",
+      host_launch_us(execs[0].get(), s), queued([&](int) { launch(0); }));
+  const auto update_then_launch = [&](int i) {
+    driver_update(0, i);
+    launch(0);
+  };
+  std::printf("| update (driver call) and launch | %.2f | %.2f |\n",
+              host_call_us(update_then_launch, s), queued(update_then_launch));
+  const auto write_then_launch = [&](int i) {
+    write_count(i);
+    launch(0);
+  };
+  std::printf("| cuStreamWriteValue32 and launch | %.2f | %.2f |\n",
+              host_call_us(write_then_launch, s), queued(write_then_launch));
+  int written = -1;
+  MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(&written, count.get(), sizeof(int), cudaMemcpyDeviceToHost));
+  std::printf("(last count written: %d)\n", written);
 
   return 0;
 }
