@@ -8,7 +8,8 @@
 // shapes pay for their clusters: 40 blocks of 256 threads (the grid of 2048 slots at E = 256,
 // B = 64) empty without and with clusters of 8, with the start wait and one cluster barrier, and
 // with a fill of 512 entries per block before a block barrier or a cluster barrier. Then the
-// host cost of the runtime calls run() makes besides the launch, and of the kernel-parameter
+// host cost of the runtime calls run() makes besides the launch, the launch and two of those calls
+// through the runtime and through the driver in interleaved rounds, and of the kernel-parameter
 // update it makes when a count changes, against a stream write of the count before the launch.
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -235,6 +236,62 @@ int main() {
               }));
   std::printf("| cudaStreamGetDevice | %.0f |\n",
               host_query_ns([&] { return cudaStreamGetDevice(s, &device); }));
+
+  // The launch and the queries run() makes, through the runtime and through the driver's entry
+  // points (resolved as runtime/kernel_node_update.cpp resolves its call), in interleaved rounds so
+  // that both see the same host.
+  {
+    const auto resolve = [](const char* symbol, int version) {
+      void* fn = nullptr;
+      cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+      MOE_DISPATCH_CUDA_CHECK(
+          cudaGetDriverEntryPointByVersion(symbol, &fn, version, cudaEnableDefault, &found));
+      if (found != cudaDriverEntryPointSuccess || fn == nullptr) {
+        md::detail::throw_cuda_error(cudaErrorSymbolNotFound, symbol, __FILE__, __LINE__);
+      }
+      return fn;
+    };
+    const auto cu_launch =
+        reinterpret_cast<PFN_cuGraphLaunch_v10000>(resolve("cuGraphLaunch", 10000));
+    const auto cu_capture_info = reinterpret_cast<PFN_cuStreamGetCaptureInfo_v12030>(
+        resolve("cuStreamGetCaptureInfo", 12030));
+    const auto cu_ctx_device =
+        reinterpret_cast<PFN_cuCtxGetDevice_v2000>(resolve("cuCtxGetDevice", 2000));
+    const auto driver_ok = [](CUresult r) {
+      if (r != CUDA_SUCCESS) {
+        md::detail::throw_cuda_error(static_cast<cudaError_t>(r), "driver call", __FILE__,
+                                     __LINE__);
+      }
+    };
+    const md::GraphExec exec = capture(launch_load_store, 1, s, in.get(), out.get(), 1);
+    const cudaGraphExec_t one_exec = exec.get();
+    const auto cs = reinterpret_cast<CUstream>(s);
+    const auto cexec = reinterpret_cast<CUgraphExec>(one_exec);
+    std::printf(
+        "\n| round | cudaGraphLaunch µs | cuGraphLaunch µs | cudaGetDevice ns | cuCtxGetDevice ns "
+        "| cudaStreamGetCaptureInfo ns | cuStreamGetCaptureInfo ns "
+        "|\n|---|---|---|---|---|---|---|\n");
+    for (int round = 0; round < 5; ++round) {
+      const double runtime_launch = host_launch_us(one_exec, s);
+      const double driver_launch = host_call_us([&](int) { driver_ok(cu_launch(cexec, cs)); }, s);
+      int device = 0;
+      CUdevice cu_device = 0;
+      cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+      CUstreamCaptureStatus cu_status = CU_STREAM_CAPTURE_STATUS_NONE;
+      const double get_device = host_query_ns([&] { return cudaGetDevice(&device); });
+      const double ctx_device =
+          host_query_ns([&] { return static_cast<cudaError_t>(cu_ctx_device(&cu_device)); });
+      const double capture = host_query_ns([&] {
+        return cudaStreamGetCaptureInfo(s, &status, nullptr, nullptr, nullptr, nullptr, nullptr);
+      });
+      const double cu_capture = host_query_ns([&] {
+        return static_cast<cudaError_t>(
+            cu_capture_info(cs, &cu_status, nullptr, nullptr, nullptr, nullptr, nullptr));
+      });
+      std::printf("| %d | %.2f | %.2f | %.0f | %.0f | %.0f | %.0f |\n", round, runtime_launch,
+                  driver_launch, get_device, ctx_device, capture, cu_capture);
+    }
+  }
 
   // The update run() makes when a count changes: one kernel node's arguments on an executable
   // graph (here the output pointer, alternating between two values), by the runtime call and by

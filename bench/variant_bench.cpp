@@ -3,6 +3,7 @@
 // kernels (not public API): per shape and token count, kernel time with 100 calls captured in one
 // graph (medians of 15 replays), and, for the shapes and grids, GPU time per one-node replay.
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -13,6 +14,7 @@
 #include "kernels/align_variants.hpp"
 #include "moe_dispatch/align.hpp"
 #include "moe_dispatch/cuda_raii.hpp"
+#include "moe_dispatch/dispatch_stage.hpp"
 #include "moe_dispatch/errors.hpp"
 #include "queued_timing.hpp"
 #include "routing.hpp"
@@ -266,17 +268,225 @@ int sweep_one_kernel_grids(const std::vector<Shape>& shapes, cudaStream_t stream
   return 0;
 }
 
+// variant_bench placement: the planner's plan at a few points with the same ids and outputs laid
+// out six ways in device memory, kernel time in a graph of 100 calls (count in device memory) and
+// GPU time per one-node replay (count as a parameter), rounds interleaved.
+int sweep_placement(cudaStream_t stream) {
+  struct Probe {
+    Shape shape;
+    int tokens;
+  };
+  const Probe probes[] = {{{256, 8, 64}, 256}, {{128, 8, 64}, 256}, {{64, 2, 128}, 1024},
+                          {{64, 2, 64}, 1024}, {{8, 2, 64}, 1024},  {{256, 8, 64}, 1},
+                          {{128, 8, 64}, 8},   {{256, 8, 64}, 64},  {{256, 8, 64}, 512}};
+  const char* names[] = {"separate",  "arena",        "arena 2M",
+                         "spread 2M", "sorted at 2M", "after 256M"};
+  constexpr std::size_t kTwoMiB = std::size_t{1} << 21;
+  const auto up = [](std::size_t v, std::size_t a) { return (v + a - 1) / a * a; };
+  std::mt19937 rng(21);
+  std::printf(
+      "| E | top_k | B | tokens | layout | input | sorted | expert_ids | post | µs r1 | "
+      "µs r2 | µs r3 | replay r1 | replay r2 | replay r3 |\n|---|---|---|---|---|---|---|"
+      "---|---|---|---|---|---|---|---|\n");
+  for (const Probe& pr : probes) {
+    const Shape& s = pr.shape;
+    const std::int64_t numel = std::int64_t{pr.tokens} * s.top_k;
+    const mk::AlignPlan plan = mk::plan_align(numel, s.experts, s.block);
+    const std::vector<std::int32_t> ids =
+        md::bench::distinct_routing(pr.tokens, s.top_k, s.experts, rng);
+    const md::AlignShape ashape{s.experts, s.top_k, s.block, false};
+    const std::size_t in_b = up(ids.size() * 4, 256);
+    const std::size_t sorted_b =
+        up(static_cast<std::size_t>(md::sorted_capacity(ashape, numel)) * 4, 256);
+    const std::size_t blocks_b =
+        up(static_cast<std::size_t>(md::expert_ids_capacity(ashape, numel)) * 4, 256);
+    const std::size_t small_b = 256;  // count and post pad with the counters
+    struct Layout {
+      std::vector<md::DeviceBuffer<char>> owners;
+      char *input, *count, *post, *sorted, *blocks;
+      mk::AlignParams params;
+    };
+    std::vector<Layout> layouts(std::size(names));
+    for (std::size_t l = 0; l < layouts.size(); ++l) {
+      Layout& L = layouts[l];
+      const auto alloc = [&](std::size_t bytes) {
+        L.owners.emplace_back(bytes);
+        return L.owners.back().get();
+      };
+      if (l == 0 || l == 5) {
+        if (l == 5) alloc(std::size_t{256} << 20);
+        L.input = alloc(in_b);
+        L.count = alloc(small_b);
+        L.post = alloc(small_b);
+        L.sorted = alloc(sorted_b);
+        L.blocks = alloc(blocks_b);
+      } else if (l == 3) {
+        L.input = alloc(up(in_b, kTwoMiB));
+        L.count = alloc(kTwoMiB);
+        L.post = alloc(kTwoMiB);
+        L.sorted = alloc(up(sorted_b, kTwoMiB));
+        L.blocks = alloc(up(blocks_b, kTwoMiB));
+      } else {
+        const std::size_t total = 2 * small_b + in_b + sorted_b + blocks_b;
+        char* base = alloc(total + 3 * kTwoMiB);
+        if (l != 1)
+          base = reinterpret_cast<char*>(up(reinterpret_cast<std::uintptr_t>(base), kTwoMiB));
+        std::size_t at = 0;
+        L.count = base + at;
+        L.post = base + at + 128;
+        at += small_b;
+        L.input = base + at;
+        at += in_b;
+        if (l == 4) at = std::max(at, kTwoMiB - sorted_b / 2 / 256 * 256);
+        L.sorted = base + at;
+        at += sorted_b;
+        L.blocks = base + at;
+      }
+      MOE_DISPATCH_CUDA_CHECK(
+          cudaMemcpy(L.input, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+      MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(L.count, &pr.tokens, 4, cudaMemcpyHostToDevice));
+      mk::AlignParams& p = L.params;
+      p.topk_ids = reinterpret_cast<const std::int32_t*>(L.input);
+      p.num_tokens = reinterpret_cast<const std::int32_t*>(L.count);
+      p.sorted_token_ids = reinterpret_cast<std::int32_t*>(L.sorted);
+      p.expert_ids = reinterpret_cast<std::int32_t*>(L.blocks);
+      p.num_tokens_post_pad = reinterpret_cast<std::int32_t*>(L.post);
+      p.counters = reinterpret_cast<std::int32_t*>(L.post) + 1;
+      p.scratch = nullptr;
+      p.num_experts = s.experts;
+      p.top_k = s.top_k;
+      p.block_size = s.block;
+      p.max_tokens = pr.tokens;
+    }
+    double us[std::size(names)][3], rep[std::size(names)][3];
+    for (int r = 0; r < 3; ++r) {
+      for (std::size_t l = 0; l < layouts.size(); ++l) {
+        us[l][r] = graph_us(layouts[l].params, plan, stream);
+        rep[l][r] = replay_us(with_host_count(layouts[l].params, pr.tokens), plan, stream);
+      }
+    }
+    // The first layout timed as dispatch_bench times its graph column: the same graph of 100
+    // calls, not uploaded, launched 10 times per sample after 10 launches of warm-up.
+    {
+      const mk::AlignParams& p0 = layouts[0].params;
+      MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      for (int i = 0; i < 100; ++i) MOE_DISPATCH_CUDA_CHECK(mk::launch_align(p0, plan, stream));
+      cudaGraph_t raw = nullptr;
+      MOE_DISPATCH_CUDA_CHECK(cudaStreamEndCapture(stream, &raw));
+      const md::Graph graph(raw);
+      cudaGraphExec_t exec_raw = nullptr;
+      MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
+      const md::GraphExec exec(exec_raw);
+      const md::Event start = md::make_event(true);
+      const md::Event stop = md::make_event(true);
+      for (int per : {1, 10}) {
+        for (int i = 0; i < per; ++i) MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream));
+        std::vector<double> samples;
+        for (int t = 0; t < 15; ++t) {
+          MOE_DISPATCH_CUDA_CHECK(cudaEventRecord(start.get(), stream));
+          for (int i = 0; i < per; ++i)
+            MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream));
+          MOE_DISPATCH_CUDA_CHECK(cudaEventRecord(stop.get(), stream));
+          MOE_DISPATCH_CUDA_CHECK(cudaEventSynchronize(stop.get()));
+          float ms = 0;
+          MOE_DISPATCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start.get(), stop.get()));
+          samples.push_back(1000.0 * ms / (100 * per));
+        }
+        std::sort(samples.begin(), samples.end());
+        std::printf("(separate, not uploaded, %d launches per sample: %.2f)\n", per,
+                    samples[samples.size() / 2]);
+      }
+    }
+    const auto mod = [](const char* q) {
+      return static_cast<unsigned long long>(reinterpret_cast<std::uintptr_t>(q) % kTwoMiB);
+    };
+    for (std::size_t l = 0; l < layouts.size(); ++l) {
+      const Layout& L = layouts[l];
+      std::printf(
+          "| %d | %d | %d | %d | %s | %p (%llx) | %p (%llx) | %p (%llx) | %p | %.2f | %.2f | "
+          "%.2f | %.2f | %.2f | %.2f |\n",
+          s.experts, s.top_k, s.block, pr.tokens, names[l], static_cast<void*>(L.input),
+          mod(L.input), static_cast<void*>(L.sorted), mod(L.sorted), static_cast<void*>(L.blocks),
+          mod(L.blocks), static_cast<void*>(L.post), us[l][0], us[l][1], us[l][2], rep[l][0],
+          rep[l][1], rep[l][2]);
+    }
+  }
+  return 0;
+}
+
+// variant_bench state: the planner's plan at a few points, kernel time in a graph of 100 calls,
+// measured fresh and again after each of a series of things a benchmark process does before.
+int sweep_state(cudaStream_t stream) {
+  struct Probe {
+    Shape shape;
+    int tokens;
+  };
+  const Probe probes[] = {{{256, 8, 64}, 256}, {{128, 8, 64}, 256}, {{64, 2, 128}, 1024},
+                          {{64, 2, 64}, 1024}, {{8, 2, 64}, 1024},  {{256, 8, 64}, 1}};
+  std::mt19937 rng(21);
+  std::vector<Point> points;
+  std::vector<mk::AlignPlan> plans;
+  for (const Probe& pr : probes) {
+    const std::int64_t numel = std::int64_t{pr.tokens} * pr.shape.top_k;
+    plans.push_back(mk::plan_align(numel, pr.shape.experts, pr.shape.block));
+    points.emplace_back(pr.shape.experts, pr.shape.top_k, pr.shape.block, pr.tokens, 0, rng);
+  }
+  const auto measure = [&](const char* state) {
+    std::printf("| %s |", state);
+    for (std::size_t i = 0; i < points.size(); ++i)
+      std::printf(" %.2f |", graph_us(points[i].params, plans[i], stream));
+    std::printf("\n");
+  };
+  std::printf(
+      "| state | 256x8x64 @256 | 128x8x64 @256 | 64x2x128 @1024 | 64x2x64 @1024 | "
+      "8x2x64 @1024 | 256x8x64 @1 |\n|---|---|---|---|---|---|---|\n");
+  measure("fresh");
+  measure("fresh again");
+  {
+    const mk::AlignPlan big = mk::plan_align(16384 * 8, 256, 64);
+    Point large(256, 8, 64, 16384, mk::align_scratch_ints(big, 256), rng);
+    for (int i = 0; i < 3000; ++i)
+      MOE_DISPATCH_CUDA_CHECK(mk::launch_align(large.params, big, stream));
+    MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+  measure("after 3000 large-variant launches (16384x256x8)");
+  const auto stage_once = [&](int experts, int top_k, int block, int tokens) {
+    md::DispatchConfig cfg;
+    cfg.num_experts = experts;
+    cfg.top_k = top_k;
+    cfg.block_size = block;
+    cfg.buckets = {tokens};
+    cfg.log = false;
+    md::DispatchStage stage(cfg);
+    for (int i = 0; i < 1000; ++i) stage.run(tokens, stream);
+    MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+  };
+  stage_once(8, 2, 64, 1024);
+  measure("after one DispatchStage (8x2x64, 1024 tokens), 1000 runs, destroyed");
+  stage_once(256, 8, 64, 16384);
+  measure("after one DispatchStage (256x8x64, 16384 tokens), 1000 runs, destroyed");
+  for (int k = 0; k < 10; ++k) stage_once(64, 2, 64, 1 << k);
+  measure("after 10 more DispatchStages");
+  {
+    std::vector<md::Stream> streams;
+    for (int k = 0; k < 64; ++k) streams.push_back(md::make_stream());
+  }
+  measure("after 64 streams created and destroyed");
+  return 0;
+}
 }  // namespace
 
-// Usage: variant_bench [E TOP_K B TOKENS | shapes | planned | large | grids [E TOP_K B]]  (one
-// point, e.g. under a profiler; the small variant's shapes; the planner's plans; the large
-// variant's two- and three-kernel forms; the one-kernel plans' grids per replay, for every shape
-// or one; default: the crossover grid)
+// Usage: variant_bench [E TOP_K B TOKENS | shapes | planned | placement | state | large |
+// grids [E TOP_K B]]  (one point, e.g. under a profiler; the small variant's shapes; the planner's
+// plans; the planner's plans over six layouts of their buffers, and after what a benchmark process
+// does before; the large variant's two- and three-kernel forms; the one-kernel plans' grids per
+// replay, for every shape or one; default: the crossover grid)
 int main(int argc, char** argv) {
   const auto usage = [] {
     std::fprintf(
         stderr,
-        "usage: variant_bench [E TOP_K B TOKENS | shapes | planned | large | grids [E TOP_K B]] "
+        "usage: variant_bench [E TOP_K B TOKENS | shapes | planned | placement | state | large | "
+        "grids [E TOP_K B]] "
         "(positive integers)\n");
     return 2;
   };
@@ -298,6 +508,14 @@ int main(int argc, char** argv) {
   if (argc == 2 && std::string(argv[1]) == "planned") {
     const md::Stream stream = md::make_stream();
     return sweep_planned(stream.get());
+  }
+  if (argc == 2 && std::string(argv[1]) == "placement") {
+    const md::Stream stream = md::make_stream();
+    return sweep_placement(stream.get());
+  }
+  if (argc == 2 && std::string(argv[1]) == "state") {
+    const md::Stream stream = md::make_stream();
+    return sweep_state(stream.get());
   }
   if (argc == 2 && std::string(argv[1]) == "large") {
     const md::Stream stream = md::make_stream();

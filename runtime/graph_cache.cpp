@@ -78,14 +78,14 @@ cudaGraphExec_t BucketGraph::bind(const std::int32_t* d_num_tokens, int num_toke
 void BucketGraph::launch(int num_tokens, cudaStream_t stream) {
   const auto fixed = static_cast<std::size_t>(num_tokens - first_fixed_);
   if (num_tokens >= first_fixed_ && fixed < fixed_.size()) {
-    MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(fixed_[fixed].get(), stream));
+    launch_graph(fixed_[fixed].get(), stream);
     return;
   }
-  MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(bind(nullptr, num_tokens), stream));
+  launch_graph(bind(nullptr, num_tokens), stream);
 }
 
 void BucketGraph::launch_device_count(const std::int32_t* d_num_tokens, cudaStream_t stream) {
-  MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(bind(d_num_tokens, 0), stream));
+  launch_graph(bind(d_num_tokens, 0), stream);
 }
 
 cudaGraphNode_t BucketGraph::add_child(cudaGraph_t parent, const cudaGraphNode_t* deps,

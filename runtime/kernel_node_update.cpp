@@ -43,17 +43,23 @@ Function entry_point(const char* symbol) {
 struct DriverCalls {
   PFN_cuGraphKernelNodeGetParams_v12000 get_params;
   PFN_cuGraphExecKernelNodeSetParams_v12000 set_exec_params;
+  PFN_cuGraphLaunch_v10000 graph_launch;
 };
 
 // Resolved on first use; immutable after.
 const DriverCalls& driver() {
   static const DriverCalls calls{
       entry_point<PFN_cuGraphKernelNodeGetParams_v12000>("cuGraphKernelNodeGetParams"),
-      entry_point<PFN_cuGraphExecKernelNodeSetParams_v12000>("cuGraphExecKernelNodeSetParams")};
+      entry_point<PFN_cuGraphExecKernelNodeSetParams_v12000>("cuGraphExecKernelNodeSetParams"),
+      entry_point<PFN_cuGraphLaunch_v10000>("cuGraphLaunch")};
   return calls;
 }
 
 }  // namespace
+
+void launch_graph(cudaGraphExec_t exec, cudaStream_t stream) {
+  check(driver().graph_launch(exec, stream), "cuGraphLaunch(exec, stream)");
+}
 
 KernelNodeUpdate::KernelNodeUpdate(cudaGraphNode_t node) : node_(node) {
   check(driver().get_params(node_, &params_), "cuGraphKernelNodeGetParams(node_, &params_)");
