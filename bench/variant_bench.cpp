@@ -268,17 +268,21 @@ int sweep_one_kernel_grids(const std::vector<Shape>& shapes, cudaStream_t stream
   return 0;
 }
 
+// The points the placement and state probes measure: where dispatch_bench and variant_bench
+// measured the same plans apart, and three where they agreed.
+struct Probe {
+  Shape shape;
+  int tokens;
+};
+constexpr Probe kProbes[] = {{{256, 8, 64}, 256}, {{128, 8, 64}, 256}, {{64, 2, 128}, 1024},
+                             {{64, 2, 64}, 1024}, {{8, 2, 64}, 1024},  {{256, 8, 64}, 1},
+                             {{128, 8, 64}, 8},   {{256, 8, 64}, 64},  {{256, 8, 64}, 512}};
+
 // variant_bench placement: the planner's plan at a few points with the same ids and outputs laid
 // out six ways in device memory, kernel time in a graph of 100 calls (count in device memory) and
 // GPU time per one-node replay (count as a parameter), rounds interleaved.
 int sweep_placement(cudaStream_t stream) {
-  struct Probe {
-    Shape shape;
-    int tokens;
-  };
-  const Probe probes[] = {{{256, 8, 64}, 256}, {{128, 8, 64}, 256}, {{64, 2, 128}, 1024},
-                          {{64, 2, 64}, 1024}, {{8, 2, 64}, 1024},  {{256, 8, 64}, 1},
-                          {{128, 8, 64}, 8},   {{256, 8, 64}, 64},  {{256, 8, 64}, 512}};
+  const auto& probes = kProbes;
   const char* names[] = {"separate",  "arena",        "arena 2M",
                          "spread 2M", "sorted at 2M", "after 256M"};
   constexpr std::size_t kTwoMiB = std::size_t{1} << 21;
@@ -417,12 +421,8 @@ int sweep_placement(cudaStream_t stream) {
 // variant_bench state: the planner's plan at a few points, kernel time in a graph of 100 calls,
 // measured fresh and again after each of a series of things a benchmark process does before.
 int sweep_state(cudaStream_t stream) {
-  struct Probe {
-    Shape shape;
-    int tokens;
-  };
-  const Probe probes[] = {{{256, 8, 64}, 256}, {{128, 8, 64}, 256}, {{64, 2, 128}, 1024},
-                          {{64, 2, 64}, 1024}, {{8, 2, 64}, 1024},  {{256, 8, 64}, 1}};
+  // The first six points (the table's columns).
+  const std::vector<Probe> probes(std::begin(kProbes), std::begin(kProbes) + 6);
   std::mt19937 rng(21);
   std::vector<Point> points;
   std::vector<mk::AlignPlan> plans;
@@ -501,25 +501,20 @@ int main(int argc, char** argv) {
     const Shape shape{positive(args[0]), positive(args[1]), positive(args[2])};
     return (shape.top_k == 0 || shape.block == 0) ? Shape{0, 0, 0} : shape;
   };
-  if (argc == 2 && std::string(argv[1]) == "shapes") {
-    const md::Stream stream = md::make_stream();
-    return sweep_small_shapes(stream.get());
-  }
-  if (argc == 2 && std::string(argv[1]) == "planned") {
-    const md::Stream stream = md::make_stream();
-    return sweep_planned(stream.get());
-  }
-  if (argc == 2 && std::string(argv[1]) == "placement") {
-    const md::Stream stream = md::make_stream();
-    return sweep_placement(stream.get());
-  }
-  if (argc == 2 && std::string(argv[1]) == "state") {
-    const md::Stream stream = md::make_stream();
-    return sweep_state(stream.get());
-  }
-  if (argc == 2 && std::string(argv[1]) == "large") {
-    const md::Stream stream = md::make_stream();
-    return sweep_large_kernels(stream.get());
+  // The sweeps that take no arguments.
+  const struct {
+    const char* name;
+    int (*sweep)(cudaStream_t);
+  } sweeps[] = {{"shapes", sweep_small_shapes},
+                {"planned", sweep_planned},
+                {"placement", sweep_placement},
+                {"state", sweep_state},
+                {"large", sweep_large_kernels}};
+  for (const auto& mode : sweeps) {
+    if (argc == 2 && std::string(argv[1]) == mode.name) {
+      const md::Stream stream = md::make_stream();
+      return mode.sweep(stream.get());
+    }
   }
   if (argc >= 2 && std::string(argv[1]) == "grids") {
     std::vector<Shape> shapes(std::begin(kSweepShapes), std::end(kSweepShapes));
