@@ -1,9 +1,10 @@
-// Retargeting one kernel node of executable graphs: its arguments replaced through the driver API
-// (cuGraphExecKernelNodeSetParams, resolved once with cudaGetDriverEntryPointByVersion, so nothing
-// links libcuda). run() does this on the serving path whenever a bucket's count changes, and the
-// driver call took 0.32-0.37 us of host time per update on the H200 where
-// cudaGraphExecKernelNodeSetParams took 0.56-0.66 (2026-12-02, six rounds; the runtime call also
-// translates the node's host-side kernel handle each time).
+// Launching executable graphs, and retargeting one kernel node of them, through the driver API
+// (entry points resolved once with cudaGetDriverEntryPointByVersion, so nothing links libcuda).
+// Retargeting replaces the node's arguments (cuGraphExecKernelNodeSetParams): run() does this on
+// the serving path whenever a bucket's count changes, and the driver call took 0.32-0.37 us of
+// host time per update on the H200 where cudaGraphExecKernelNodeSetParams took 0.56-0.66
+// (2026-12-02, six rounds; the runtime call also translates the node's host-side kernel handle
+// each time).
 #pragma once
 
 #include <cuda.h>
@@ -11,7 +12,6 @@
 
 namespace moe_dispatch::detail {
 
-// Holds the node's handle: the node's graph outlives the object. Used by one thread at a time.
 // Launches `exec` on `stream` through the driver's cuGraphLaunch (resolved once, as the update's
 // call is): 0.02-0.17 us less host time per launch than cudaGraphLaunch in five interleaved rounds
 // (bench/floor_bench, H200, 2026-12-03 17:38Z: 1.49-1.75 against 1.58-1.77 us). The stream's
@@ -19,6 +19,7 @@ namespace moe_dispatch::detail {
 // CudaError naming the call.
 void launch_graph(cudaGraphExec_t exec, cudaStream_t stream);
 
+// Holds the node's handle: the node's graph outlives the object. Used by one thread at a time.
 class KernelNodeUpdate {
  public:
   // Reads the launch shape and kernel of `node`, a kernel node of the graph the executable graphs
