@@ -186,6 +186,20 @@ double host_query_ns(const Query& query) {
   return samples[samples.size() / 2];
 }
 
+// A driver entry point (as runtime/kernel_node_update.cpp resolves its calls); throws CudaError
+// naming the symbol when the driver lacks it.
+template <typename Function>
+Function driver_entry(const char* symbol, int version) {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+  MOE_DISPATCH_CUDA_CHECK(
+      cudaGetDriverEntryPointByVersion(symbol, &fn, version, cudaEnableDefault, &found));
+  if (found != cudaDriverEntryPointSuccess || fn == nullptr) {
+    md::detail::throw_cuda_error(cudaErrorSymbolNotFound, symbol, __FILE__, __LINE__);
+  }
+  return reinterpret_cast<Function>(fn);
+}
+
 }  // namespace
 
 int main() {
@@ -241,22 +255,10 @@ int main() {
   // points (resolved as runtime/kernel_node_update.cpp resolves its call), in interleaved rounds so
   // that both see the same host.
   {
-    const auto resolve = [](const char* symbol, int version) {
-      void* fn = nullptr;
-      cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-      MOE_DISPATCH_CUDA_CHECK(
-          cudaGetDriverEntryPointByVersion(symbol, &fn, version, cudaEnableDefault, &found));
-      if (found != cudaDriverEntryPointSuccess || fn == nullptr) {
-        md::detail::throw_cuda_error(cudaErrorSymbolNotFound, symbol, __FILE__, __LINE__);
-      }
-      return fn;
-    };
-    const auto cu_launch =
-        reinterpret_cast<PFN_cuGraphLaunch_v10000>(resolve("cuGraphLaunch", 10000));
-    const auto cu_capture_info = reinterpret_cast<PFN_cuStreamGetCaptureInfo_v12030>(
-        resolve("cuStreamGetCaptureInfo", 12030));
-    const auto cu_ctx_device =
-        reinterpret_cast<PFN_cuCtxGetDevice_v2000>(resolve("cuCtxGetDevice", 2000));
+    const auto cu_launch = driver_entry<PFN_cuGraphLaunch_v10000>("cuGraphLaunch", 10000);
+    const auto cu_capture_info =
+        driver_entry<PFN_cuStreamGetCaptureInfo_v12030>("cuStreamGetCaptureInfo", 12030);
+    const auto cu_ctx_device = driver_entry<PFN_cuCtxGetDevice_v2000>("cuCtxGetDevice", 2000);
     const auto driver_ok = [](CUresult r) {
       if (r != CUDA_SUCCESS) {
         md::detail::throw_cuda_error(static_cast<cudaError_t>(r), "driver call", __FILE__,
@@ -304,15 +306,8 @@ int main() {
   MOE_DISPATCH_CUDA_CHECK(cudaGraphGetNodes(graph.get(), &node, &num_nodes));
   cudaKernelNodeParams params{};
   MOE_DISPATCH_CUDA_CHECK(cudaGraphKernelNodeGetParams(node, &params));
-  void* entry = nullptr;
-  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-  MOE_DISPATCH_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuGraphExecKernelNodeSetParams", &entry,
-                                                           12000, cudaEnableDefault, &found));
-  if (found != cudaDriverEntryPointSuccess) {
-    std::printf("cuGraphExecKernelNodeSetParams not found\n");
-    return 1;
-  }
-  const auto driver_set = reinterpret_cast<PFN_cuGraphExecKernelNodeSetParams_v12000>(entry);
+  const auto driver_set = driver_entry<PFN_cuGraphExecKernelNodeSetParams_v12000>(
+      "cuGraphExecKernelNodeSetParams", 12000);
   cudaFunction_t function = nullptr;
   MOE_DISPATCH_CUDA_CHECK(cudaGetFuncBySymbol(&function, params.func));
   CUDA_KERNEL_NODE_PARAMS driver_params{};
@@ -369,13 +364,8 @@ int main() {
   // Another way to give a graph a count without updating it: a stream write of the count into
   // device memory (cuStreamWriteValue32) before the launch, which the graph's kernel would read.
   // Host time, and GPU time per call queued, against the launch alone and the update.
-  MOE_DISPATCH_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuStreamWriteValue32", &entry, 11070,
-                                                           cudaEnableDefault, &found));
-  if (found != cudaDriverEntryPointSuccess) {
-    std::printf("cuStreamWriteValue32 not found\n");
-    return 1;
-  }
-  const auto write_value = reinterpret_cast<PFN_cuStreamWriteValue32_v11070>(entry);
+  const auto write_value =
+      driver_entry<PFN_cuStreamWriteValue32_v11070>("cuStreamWriteValue32", 11070);
   md::DeviceBuffer<int> count(1);
   const auto write_count = [&](int i) {
     const CUresult result =

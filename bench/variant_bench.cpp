@@ -85,6 +85,26 @@ mk::AlignParams with_host_count(mk::AlignParams p, int tokens) {
   return p;
 }
 
+// The parameters of one alignment over the given buffers (post: the post-pad count, then the
+// counters), the count read from `count`.
+mk::AlignParams align_params(const Shape& s, int tokens, const std::int32_t* input,
+                             const std::int32_t* count, std::int32_t* post, std::int32_t* sorted,
+                             std::int32_t* blocks, std::int32_t* scratch) {
+  mk::AlignParams p;
+  p.topk_ids = input;
+  p.num_tokens = count;
+  p.sorted_token_ids = sorted;
+  p.expert_ids = blocks;
+  p.num_tokens_post_pad = post;
+  p.counters = post + 1;
+  p.scratch = scratch;
+  p.num_experts = s.experts;
+  p.top_k = s.top_k;
+  p.block_size = s.block;
+  p.max_tokens = tokens;
+  return p;
+}
+
 // Device buffers and parameters for one shape and token count, with distinct_routing().
 struct Point {
   md::DeviceBuffer<std::int32_t> input, count, post, sorted, blocks, scratch;
@@ -103,17 +123,8 @@ struct Point {
     MOE_DISPATCH_CUDA_CHECK(
         cudaMemcpy(input.get(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
     MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(count.get(), &tokens, 4, cudaMemcpyHostToDevice));
-    params.topk_ids = input.get();
-    params.num_tokens = count.get();
-    params.sorted_token_ids = sorted.get();
-    params.expert_ids = blocks.get();
-    params.num_tokens_post_pad = post.get();
-    params.counters = post.get() + 1;
-    params.scratch = scratch.get();
-    params.num_experts = experts;
-    params.top_k = top_k;
-    params.block_size = block;
-    params.max_tokens = tokens;
+    params = align_params({experts, top_k, block}, tokens, input.get(), count.get(), post.get(),
+                          sorted.get(), blocks.get(), scratch.get());
   }
 };
 
@@ -349,18 +360,9 @@ int sweep_placement(cudaStream_t stream) {
       MOE_DISPATCH_CUDA_CHECK(
           cudaMemcpy(L.input, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
       MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(L.count, &pr.tokens, 4, cudaMemcpyHostToDevice));
-      mk::AlignParams& p = L.params;
-      p.topk_ids = reinterpret_cast<const std::int32_t*>(L.input);
-      p.num_tokens = reinterpret_cast<const std::int32_t*>(L.count);
-      p.sorted_token_ids = reinterpret_cast<std::int32_t*>(L.sorted);
-      p.expert_ids = reinterpret_cast<std::int32_t*>(L.blocks);
-      p.num_tokens_post_pad = reinterpret_cast<std::int32_t*>(L.post);
-      p.counters = reinterpret_cast<std::int32_t*>(L.post) + 1;
-      p.scratch = nullptr;
-      p.num_experts = s.experts;
-      p.top_k = s.top_k;
-      p.block_size = s.block;
-      p.max_tokens = pr.tokens;
+      const auto ints = [](char* q) { return reinterpret_cast<std::int32_t*>(q); };
+      L.params = align_params(s, pr.tokens, ints(L.input), ints(L.count), ints(L.post),
+                              ints(L.sorted), ints(L.blocks), nullptr);
     }
     double us[std::size(names)][3], rep[std::size(names)][3];
     for (int r = 0; r < 3; ++r) {
