@@ -13,10 +13,10 @@
 namespace moe_dispatch::detail {
 
 // Launches `exec` on `stream` through the driver's cuGraphLaunch (resolved once, as the update's
-// call is): 0.02-0.17 us less host time per launch than cudaGraphLaunch in five interleaved rounds
-// (bench/floor_bench, H200, 2026-12-03 17:38Z: 1.49-1.75 against 1.58-1.77 us). The stream's
-// meaning is this library's, as with the runtime call (legacy default stream for 0). Throws
-// CudaError naming the call.
+// call is): a median of 0.05 us less host time per launch than cudaGraphLaunch over 15
+// interleaved rounds in three runs (bench/floor_bench, H200, 2026-12-03 17:38Z-18:52Z; less in 13
+// rounds, by up to 0.36 us, more in 2, by 0.05 and 0.13). The stream's meaning is this library's,
+// as with the runtime call (legacy default stream for 0). Throws CudaError naming the call.
 void launch_graph(cudaGraphExec_t exec, cudaStream_t stream);
 
 // Holds the node's handle: the node's graph outlives the object. Used by one thread at a time.
