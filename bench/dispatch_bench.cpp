@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "design_grid.hpp"
 #include "moe_dispatch/align_async.hpp"
 #include "moe_dispatch/config.hpp"
 #include "moe_dispatch/cuda_raii.hpp"
@@ -103,10 +104,7 @@ struct EagerBuffers {
   }
 };
 
-struct Shape {
-  const char* model;
-  int experts, top_k, block;
-};
+using Shape = md::bench::GridShape;
 
 // Best peer kernel under graph replay on the same H100 (DESIGN.md §6), where measured.
 double peer_graph_us(const Shape& s, int tokens) {
@@ -141,24 +139,18 @@ void write_file(const std::string& path, const std::string& text) {
 }
 
 int bench_kernels(const std::string& json_path, const std::string& md_path) {
-  const Shape shapes[] = {{"Mixtral 8x7B", 8, 2, 64},
-                          {"vLLM task (B=64)", 64, 2, 64},
-                          {"vLLM task", 64, 2, 128},
-                          {"Qwen3 MoE", 128, 8, 64},
-                          {"DeepSeek-V3", 256, 8, 64}};
-  const int token_counts[] = {1, 8, 64, 256, 1024, 4096, 16384};
   const md::Stream stream_owner = md::make_stream();
   cudaStream_t stream = stream_owner.get();
-  std::mt19937 rng(42);
+  std::mt19937 rng(md::bench::kGridSeed);
   std::ostringstream json, table;
   json << "{\"mode\": \"kernels\", \"rows\": [\n";
   table << "| model | E | top_k | B | tokens | launches | eager µs | graph µs | replay µs | "
            "replay GPU µs, queued | floor/replay | best peer graph µs |\n"
         << "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   bool first = true;
-  for (const Shape& s : shapes) {
+  for (const Shape& s : md::bench::kGridShapes) {
     const md::AlignShape shape{s.experts, s.top_k, s.block, false};
-    for (const int tokens : token_counts) {
+    for (const int tokens : md::bench::kGridTokens) {
       const auto ids = md::bench::distinct_routing(tokens, s.top_k, s.experts, rng);
       EagerBuffers eb(shape, tokens, ids);
       const double eager = time_per_call_us(

@@ -10,9 +10,11 @@
 #include <string>
 #include <vector>
 
+#include "design_grid.hpp"
 #include "kernels/align.hpp"
 #include "kernels/align_variants.hpp"
 #include "moe_dispatch/align.hpp"
+#include "moe_dispatch/align_async.hpp"
 #include "moe_dispatch/cuda_raii.hpp"
 #include "moe_dispatch/dispatch_stage.hpp"
 #include "moe_dispatch/errors.hpp"
@@ -50,24 +52,30 @@ md::GraphExec capture_align(const mk::AlignParams& p, const mk::AlignPlan& plan,
   return md::detail::instantiate_uploaded(graph.get(), stream);
 }
 
-double graph_us(const mk::AlignParams& p, const mk::AlignPlan& plan, cudaStream_t stream) {
-  constexpr int kCalls = 100;
-  const md::GraphExec exec = capture_align(p, plan, kCalls, stream);
+// Per call: the median over 15 samples of `per_sample` launches of `exec` (a graph of `calls`
+// alignments), after `per_sample` launches of warm-up.
+double median_graph_us(const md::GraphExec& exec, int calls, int per_sample, cudaStream_t stream) {
   const md::Event start = md::make_event(true);
   const md::Event stop = md::make_event(true);
-  MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream));
+  for (int i = 0; i < per_sample; ++i) MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream));
   std::vector<double> samples;
   for (int t = 0; t < 15; ++t) {
     MOE_DISPATCH_CUDA_CHECK(cudaEventRecord(start.get(), stream));
-    MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream));
+    for (int i = 0; i < per_sample; ++i)
+      MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream));
     MOE_DISPATCH_CUDA_CHECK(cudaEventRecord(stop.get(), stream));
     MOE_DISPATCH_CUDA_CHECK(cudaEventSynchronize(stop.get()));
     float ms = 0;
     MOE_DISPATCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start.get(), stop.get()));
-    samples.push_back(1000.0 * ms / kCalls);
+    samples.push_back(1000.0 * ms / (calls * per_sample));
   }
   std::sort(samples.begin(), samples.end());
   return samples[samples.size() / 2];
+}
+
+double graph_us(const mk::AlignParams& p, const mk::AlignPlan& plan, cudaStream_t stream) {
+  constexpr int kCalls = 100;
+  return median_graph_us(capture_align(p, plan, kCalls, stream), kCalls, 1, stream);
 }
 
 // GPU time per replay of one alignment captured as a one-node graph (queued, so the host's submit
@@ -383,24 +391,9 @@ int sweep_placement(cudaStream_t stream) {
       cudaGraphExec_t exec_raw = nullptr;
       MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
       const md::GraphExec exec(exec_raw);
-      const md::Event start = md::make_event(true);
-      const md::Event stop = md::make_event(true);
       for (int per : {1, 10}) {
-        for (int i = 0; i < per; ++i) MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream));
-        std::vector<double> samples;
-        for (int t = 0; t < 15; ++t) {
-          MOE_DISPATCH_CUDA_CHECK(cudaEventRecord(start.get(), stream));
-          for (int i = 0; i < per; ++i)
-            MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream));
-          MOE_DISPATCH_CUDA_CHECK(cudaEventRecord(stop.get(), stream));
-          MOE_DISPATCH_CUDA_CHECK(cudaEventSynchronize(stop.get()));
-          float ms = 0;
-          MOE_DISPATCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start.get(), stop.get()));
-          samples.push_back(1000.0 * ms / (100 * per));
-        }
-        std::sort(samples.begin(), samples.end());
         std::printf("(separate, not uploaded, %d launches per sample: %.2f)\n", per,
-                    samples[samples.size() / 2]);
+                    median_graph_us(exec, 100, per, stream));
       }
     }
     const auto mod = [](const char* q) {
@@ -476,18 +469,86 @@ int sweep_state(cudaStream_t stream) {
   measure("after 64 streams created and destroyed");
   return 0;
 }
+
+// variant_bench gap: the points where dispatch_bench kernels measured the planner's plans
+// ~0.16 us slower than this tool, and one where the two agreed; kernel time in a graph of 100
+// calls each way the two programs' graph columns differ, in three interleaved rounds: on this
+// tool's ids; on the ids dispatch_bench draws for the point; on those after the eager calls
+// dispatch_bench makes before its graph (3200 launches, its eager column's); and, on them still,
+// 100 align_async() calls captured as dispatch_bench captures them (the public entry point, not
+// launch_align()), not uploaded, 10 launches per sample.
+int sweep_gap(cudaStream_t stream) {
+  const std::vector<Probe> probes(std::begin(kProbes), std::begin(kProbes) + 5);
+  std::mt19937 rng(21);
+  std::vector<Point> points;
+  std::vector<mk::AlignPlan> plans;
+  std::vector<std::vector<std::int32_t>> own_ids, grid_ids;
+  for (const Probe& pr : probes) {
+    const Shape& s = pr.shape;
+    plans.push_back(mk::plan_align(std::int64_t{pr.tokens} * s.top_k, s.experts, s.block));
+    points.emplace_back(s.experts, s.top_k, s.block, pr.tokens, 0, rng);
+    own_ids.emplace_back(points.back().input.size());
+    MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(own_ids.back().data(), points.back().input.get(),
+                                       points.back().input.bytes(), cudaMemcpyDeviceToHost));
+    grid_ids.push_back(md::bench::grid_routing(s.experts, s.top_k, s.block, pr.tokens));
+  }
+  const auto load = [](Point& point, const std::vector<std::int32_t>& ids) {
+    MOE_DISPATCH_CUDA_CHECK(
+        cudaMemcpy(point.input.get(), ids.data(), point.input.bytes(), cudaMemcpyHostToDevice));
+  };
+  std::printf(
+      "| E | top_k | B | tokens | round | own ids µs | dispatch_bench's ids µs | after 3200 eager "
+      "µs | align_async graph µs |\n|---|---|---|---|---|---|---|---|---|\n");
+  for (int round = 1; round <= 3; ++round) {
+    for (std::size_t i = 0; i < points.size(); ++i) {
+      Point& point = points[i];
+      const mk::AlignPlan& plan = plans[i];
+      const Shape& s = probes[i].shape;
+      const int tokens = probes[i].tokens;
+      load(point, own_ids[i]);
+      const double own = graph_us(point.params, plan, stream);
+      load(point, grid_ids[i]);
+      const double grid = graph_us(point.params, plan, stream);
+      for (int k = 0; k < 3200; ++k)
+        MOE_DISPATCH_CUDA_CHECK(mk::launch_align(point.params, plan, stream));
+      MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+      const double after_eager = graph_us(point.params, plan, stream);
+      const md::AlignShape shape{s.experts, s.top_k, s.block, false};
+      md::AlignBuffersView view;
+      view.topk_ids = point.input.get();
+      view.num_tokens = point.count.get();
+      view.sorted_token_ids = point.sorted.get();
+      view.expert_ids = point.blocks.get();
+      view.num_tokens_post_pad = point.post.get();
+      MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      for (int k = 0; k < 100; ++k) md::align_async(shape, tokens, view, stream);
+      cudaGraph_t raw = nullptr;
+      MOE_DISPATCH_CUDA_CHECK(cudaStreamEndCapture(stream, &raw));
+      const md::Graph graph(raw);
+      cudaGraphExec_t exec_raw = nullptr;
+      MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
+      const md::GraphExec exec(exec_raw);
+      const double public_path = median_graph_us(exec, 100, 10, stream);
+      std::printf("| %d | %d | %d | %d | %d | %.2f | %.2f | %.2f | %.2f |\n", s.experts, s.top_k,
+                  s.block, tokens, round, own, grid, after_eager, public_path);
+    }
+  }
+  return 0;
+}
 }  // namespace
 
-// Usage: variant_bench [E TOP_K B TOKENS | shapes | planned | placement | state | large |
+// Usage: variant_bench [E TOP_K B TOKENS | shapes | planned | placement | state | gap | large |
 // grids [E TOP_K B]]  (one point, e.g. under a profiler; the small variant's shapes; the planner's
-// plans; the planner's plans over six layouts of their buffers, and after what a benchmark process
-// does before; the large variant's two- and three-kernel forms; the one-kernel plans' grids per
+// plans; the planner's plans over six layouts of their buffers, after what a benchmark process
+// does before, and each way dispatch_bench's graph column differs from this tool's; the large
+// variant's two- and three-kernel forms; the one-kernel plans' grids per
 // replay, for every shape or one; default: the crossover grid)
 int main(int argc, char** argv) {
   const auto usage = [] {
     std::fprintf(
         stderr,
-        "usage: variant_bench [E TOP_K B TOKENS | shapes | planned | placement | state | large | "
+        "usage: variant_bench [E TOP_K B TOKENS | shapes | planned | placement | state | gap | "
+        "large | "
         "grids [E TOP_K B]] "
         "(positive integers)\n");
     return 2;
@@ -507,11 +568,9 @@ int main(int argc, char** argv) {
   const struct {
     const char* name;
     int (*sweep)(cudaStream_t);
-  } sweeps[] = {{"shapes", sweep_small_shapes},
-                {"planned", sweep_planned},
-                {"placement", sweep_placement},
-                {"state", sweep_state},
-                {"large", sweep_large_kernels}};
+  } sweeps[] = {
+      {"shapes", sweep_small_shapes}, {"planned", sweep_planned}, {"placement", sweep_placement},
+      {"state", sweep_state},         {"gap", sweep_gap},         {"large", sweep_large_kernels}};
   for (const auto& mode : sweeps) {
     if (argc == 2 && std::string(argv[1]) == mode.name) {
       const md::Stream stream = md::make_stream();
