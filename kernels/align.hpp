@@ -73,10 +73,11 @@ AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size, Al
 std::size_t align_scratch_ints(const AlignPlan& plan, int num_experts);
 
 // Enqueues the alignment on `stream`. Returns the first launch error (cudaGetLastError after each
-// launch). Safe to call inside stream capture. Every kernel takes AlignParams as its only
-// argument, and only the first reads the count from AlignParams (later kernels read the value the
-// first wrote to counters), so a captured launch is retargeted to another count by updating the
-// first kernel node's parameters.
+// launch; a non-sticky error left pending by an earlier call is cleared first, not reported). Safe
+// to call inside stream capture. Every kernel takes AlignParams as its only argument, and only the
+// first reads the count from AlignParams (later kernels read the value the first wrote to
+// counters), so a captured launch is retargeted to another count by updating the first kernel
+// node's parameters.
 cudaError_t launch_align(const AlignParams& params, const AlignPlan& plan, cudaStream_t stream);
 
 }  // namespace moe_dispatch::kernels

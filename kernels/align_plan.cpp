@@ -4,6 +4,7 @@
 #include <iterator>
 
 #include "kernels/align_variants.hpp"
+#include "kernels/launch_error.hpp"
 #include "moe_dispatch/align.hpp"
 
 namespace moe_dispatch::kernels {
@@ -71,6 +72,7 @@ int region_blocks(const AlignParams& params, int owners) {
 }
 
 cudaError_t launch_align(const AlignParams& params, const AlignPlan& plan, cudaStream_t stream) {
+  discard_pending_error();
   if (params.block_size < 1) return cudaErrorInvalidValue;
   AlignParams p = params;
   p.block_div = make_divisor(static_cast<std::uint32_t>(params.block_size));

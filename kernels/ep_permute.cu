@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "kernels/ep_permute.hpp"
+#include "kernels/launch_error.hpp"
 
 namespace moe_dispatch::kernels {
 namespace {
@@ -227,23 +228,27 @@ int row_grid(int rows) { return std::clamp(rows, 1, kMaxGrid); }
 }  // namespace
 
 cudaError_t launch_ep_route(const EpRouteParams& params, cudaStream_t stream) {
+  discard_pending_error();
   const int grid = std::clamp((params.capacity + kRouteThreads - 1) / kRouteThreads, 1, kMaxGrid);
   ep_route_kernel<<<grid, kRouteThreads, 0, stream>>>(params);
   return cudaGetLastError();
 }
 
 cudaError_t launch_ep_pack(const EpPackParams& params, cudaStream_t stream) {
+  discard_pending_error();
   ep_pack_kernel<<<row_grid(params.capacity * params.world_size), kRowThreads, 0, stream>>>(params);
   return cudaGetLastError();
 }
 
 cudaError_t launch_ep_unpack(const EpUnpackParams& params, cudaStream_t stream) {
+  discard_pending_error();
   ep_unpack_kernel<<<row_grid(params.capacity * params.world_size), kRowThreads, 0, stream>>>(
       params);
   return cudaGetLastError();
 }
 
 cudaError_t launch_ep_reduce(const EpReduceParams& params, cudaStream_t stream) {
+  discard_pending_error();
   const int grid = row_grid(params.capacity * params.world_size);
   if (params.element == EpElement::kBFloat16) {
     ep_reduce_kernel<__nv_bfloat16><<<grid, kRowThreads, 0, stream>>>(params);
@@ -254,6 +259,7 @@ cudaError_t launch_ep_reduce(const EpReduceParams& params, cudaStream_t stream) 
 }
 
 cudaError_t launch_ep_gather(const EpGatherParams& params, cudaStream_t stream) {
+  discard_pending_error();
   const int grid = row_grid(params.capacity);
   if (params.element == EpElement::kBFloat16) {
     ep_gather_kernel<__nv_bfloat16><<<grid, kRowThreads, 0, stream>>>(params);
