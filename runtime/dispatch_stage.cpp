@@ -74,6 +74,9 @@ struct DispatchStage::Impl {
   std::int32_t* external_input = nullptr;
   AlignBuffers main;
   AlignBuffers overflow;  // grown on demand under OverflowPolicy::kEager
+  // The overflow buffers the last run wrote, kept when a growth replaced them so that its outputs
+  // stay valid until the next run; freed at the next growth or with the stage.
+  AlignBuffers retired;
   kernels::AlignPlan overflow_plan;
   DeviceBuffer<std::int32_t> expert_map;
   PinnedBuffer<std::int32_t> host_readback;
@@ -82,8 +85,8 @@ struct DispatchStage::Impl {
   std::int64_t allocations = 0;
   std::int64_t overflow_runs = 0;
   std::int64_t overflow_growths = 0;
-  bool last_was_overflow = false;
-  int injected_capture_failure = 0;  // bucket whose next capture fails (StageTesting)
+  const AlignBuffers* last_run = &main;  // the buffers of the last run (read_*() copy from them)
+  int injected_capture_failure = 0;      // bucket whose next capture fails (StageTesting)
 
   void log(const std::string& line) const {
     if (config.log) std::fprintf(stderr, "moe_dispatch: %s\n", line.c_str());
@@ -131,9 +134,13 @@ struct DispatchStage::Impl {
     b.scratch = allocate(scratch_ints, "scratch", needed);
   }
 
+  // Fills the owned input with -1 and waits for it: the engine may write the input on any stream
+  // once the call that allocated it returns.
   void clear_input(AlignBuffers& b) {
-    if (b.input.size() > 0)
-      MOE_DISPATCH_CUDA_CHECK(cudaMemset(b.input.get(), 0xFF, b.input.bytes()));
+    if (b.input.size() == 0) return;
+    MOE_DISPATCH_CUDA_CHECK(
+        cudaMemsetAsync(b.input.get(), 0xFF, b.input.bytes(), capture_stream.get()));
+    MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(capture_stream.get()));
   }
 
   kernels::AlignParams params_for(const AlignBuffers& b, const std::int32_t* input,
@@ -219,14 +226,17 @@ struct DispatchStage::Impl {
     }
   }
 
-  DispatchOutputs outputs(const AlignBuffers& b, int num_tokens, int bucket, bool replayed) {
-    last_was_overflow = &b == &overflow;
+  // The view of a run of num_tokens (host-known, or run_device_count()'s max_tokens) whose
+  // outputs are defined up to the extents of extent_tokens tokens.
+  DispatchOutputs outputs(const AlignBuffers& b, int num_tokens, int extent_tokens, int bucket,
+                          bool replayed) {
+    last_run = &b;
     DispatchOutputs out;
     out.sorted_token_ids = b.sorted_token_ids.get();
     out.expert_ids = b.expert_ids.get();
     out.num_tokens_post_pad = b.post_pad_and_counters.get();
     out.counters = reinterpret_cast<const DeviceCounters*>(b.post_pad_and_counters.get() + 1);
-    const std::int64_t numel = std::int64_t{num_tokens} * config.top_k;
+    const std::int64_t numel = std::int64_t{extent_tokens} * config.top_k;
     out.sorted_token_ids_used = sorted_capacity(shape, numel);
     out.expert_ids_used = expert_ids_capacity(shape, numel);
     out.sorted_token_ids_size = static_cast<std::int64_t>(b.sorted_token_ids.size());
@@ -247,7 +257,8 @@ struct DispatchStage::Impl {
     MOE_DISPATCH_CUDA_CHECK(kernels::launch_align(p, plan, stream));
   }
 
-  // Throws unless counts above the capacity may run eagerly (policy and input ownership).
+  // Throws unless counts above the capacity may run eagerly (policy, input ownership, and the
+  // kernels' 32-bit limit, which validate() applies to the buckets).
   void check_overflow_allowed(int num_tokens) const {
     if (config.overflow != OverflowPolicy::kEager) {
       throw ArgumentError("DispatchStage: " + count_text(num_tokens) +
@@ -260,6 +271,18 @@ struct DispatchStage::Impl {
                           " tokens exceed the registered external input's capacity of " +
                           count_text(config.max_tokens()) + " tokens");
     }
+    const std::int64_t capacity = sorted_capacity(shape, std::int64_t{num_tokens} * config.top_k);
+    if (capacity > kMaxNumel) {
+      const std::int64_t limit =
+          config.pad_sorted_ids ? kMaxNumel / config.block_size * config.block_size : kMaxNumel;
+      const std::int64_t largest =
+          (limit - std::int64_t{config.num_experts} * (config.block_size - 1)) / config.top_k;
+      throw ArgumentError("DispatchStage: " + count_text(num_tokens) +
+                          " tokens need a sorted_token_ids capacity of " +
+                          std::to_string(capacity) + ", above the kernels' limit of " +
+                          std::to_string(kMaxNumel) + "; allowed: at most " +
+                          std::to_string(largest) + " tokens for this shape");
+    }
   }
 
   // Grows the overflow buffers (and the overflow input) to num_tokens if they are smaller.
@@ -271,6 +294,10 @@ struct DispatchStage::Impl {
     AlignBuffers grown;
     allocate_buffers(grown, num_tokens, scratch, true);
     clear_input(grown);
+    if (last_run == &overflow) {
+      retired = std::move(overflow);  // frees the buffers retired before, which no view uses
+      last_run = &retired;
+    }
     overflow = std::move(grown);
     overflow_plan = plan;
     ++overflow_growths;
@@ -323,18 +350,26 @@ DispatchStage::DispatchStage(const DispatchConfig& config, std::int32_t* externa
     s.buckets.push_back(std::move(bucket));
   }
   s.allocate_buffers(s.main, config.max_tokens(), scratch, external_input == nullptr);
+  if (config.expert_map) {
+    const std::size_t entries = config.expert_map->global_to_local.size();
+    s.expert_map = s.allocate(entries, "expert_map", static_cast<std::int64_t>(entries * 4));
+  }
+  // After the buffers: a stream holds device memory of its own, which a construction that fails
+  // for want of memory should not leave behind.
+  s.capture_stream = make_stream();
   // The kernels load input rows up to the bucket's capacity before the count arrives (and ignore
   // the rows past it): start the owned input fully written (-1: no expert) so nothing reads
   // uninitialized memory.
   s.clear_input(s.main);
   if (config.expert_map) {
+    // Complete before the constructor returns (the synchronization below), whatever stream the
+    // engine runs on.
     const auto& map = config.expert_map->global_to_local;
-    s.expert_map = s.allocate(map.size(), "expert_map", static_cast<std::int64_t>(map.size() * 4));
-    MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(s.expert_map.get(), map.data(),
-                                       map.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
+    MOE_DISPATCH_CUDA_CHECK(cudaMemcpyAsync(s.expert_map.get(), map.data(),
+                                            map.size() * sizeof(std::int32_t),
+                                            cudaMemcpyHostToDevice, s.capture_stream.get()));
   }
   s.host_readback = PinnedBuffer<std::int32_t>(1 + kNumCounters);
-  s.capture_stream = make_stream();
   if (config.capture == CaptureMode::kEager) {
     for (Bucket& bucket : s.buckets) s.graphs_of(bucket);
   }
@@ -399,6 +434,14 @@ DispatchOutputs DispatchStage::run(int num_tokens, cudaStream_t stream) {
     // The routing of an overflow step lives in the overflow input, which input_for() grows: a
     // larger count here means the caller never wrote its routing.
     s.check_overflow_allowed(num_tokens);
+    if (capture.active) {
+      throw ArgumentError(
+          "DispatchStage::run: " + count_text(num_tokens) +
+          " tokens inside a stream capture exceed the largest bucket (" + count_text(max_tokens()) +
+          "): the captured kernels would keep pointers into overflow buffers "
+          "that a later growth frees; allowed inside a capture: 0.." +
+          count_text(max_tokens()) + ", or add a bucket of at least " + count_text(num_tokens));
+    }
     if (s.overflow.max_tokens < num_tokens) {
       throw ArgumentError("DispatchStage::run: call input_for(" + count_text(num_tokens) +
                           ") and write the routing there before running above the capacity");
@@ -406,7 +449,7 @@ DispatchOutputs DispatchStage::run(int num_tokens, cudaStream_t stream) {
     s.launch_eager(s.overflow, s.overflow.input.get(), s.overflow_plan, s.overflow.max_tokens,
                    nullptr, num_tokens, stream);
     ++s.overflow_runs;
-    return s.outputs(s.overflow, num_tokens, 0, false);
+    return s.outputs(s.overflow, num_tokens, num_tokens, 0, false);
   }
 
   Bucket& bucket = s.bucket_of(num_tokens);
@@ -414,7 +457,7 @@ DispatchOutputs DispatchStage::run(int num_tokens, cudaStream_t stream) {
   if (graphs == nullptr) {
     s.launch_eager(s.main, s.main_input(), bucket.plan, bucket.tokens, nullptr, num_tokens, stream);
     ++bucket.stats.eager_runs;
-    return s.outputs(s.main, num_tokens, bucket.tokens, false);
+    return s.outputs(s.main, num_tokens, num_tokens, bucket.tokens, false);
   }
   if (capture.active) {
     // Inside the caller's capture: our graph becomes a node of theirs, count fixed.
@@ -425,7 +468,7 @@ DispatchOutputs DispatchStage::run(int num_tokens, cudaStream_t stream) {
     graphs->launch(num_tokens, stream);
     ++bucket.stats.replays;
   }
-  return s.outputs(s.main, num_tokens, bucket.tokens, true);
+  return s.outputs(s.main, num_tokens, num_tokens, bucket.tokens, true);
 }
 
 DispatchOutputs DispatchStage::run_device_count(const std::int32_t* d_num_tokens, int max_tokens,
@@ -449,7 +492,7 @@ DispatchOutputs DispatchStage::run_device_count(const std::int32_t* d_num_tokens
   if (graphs == nullptr) {
     s.launch_eager(s.main, s.main_input(), bucket.plan, bucket.tokens, d_num_tokens, 0, stream);
     ++bucket.stats.eager_runs;
-    return s.outputs(s.main, max_tokens, bucket.tokens, false);
+    return s.outputs(s.main, max_tokens, bucket.tokens, bucket.tokens, false);
   }
   if (capture.active) {
     continue_capture_after(
@@ -460,7 +503,7 @@ DispatchOutputs DispatchStage::run_device_count(const std::int32_t* d_num_tokens
     graphs->launch_device_count(d_num_tokens, stream);
     ++bucket.stats.replays;
   }
-  return s.outputs(s.main, max_tokens, bucket.tokens, true);
+  return s.outputs(s.main, max_tokens, bucket.tokens, bucket.tokens, true);
 }
 
 cudaGraphNode_t DispatchStage::add_to_graph(cudaGraph_t parent, const cudaGraphNode_t* deps,
@@ -482,9 +525,10 @@ cudaGraphNode_t DispatchStage::add_to_graph(cudaGraph_t parent, const cudaGraphN
     throw Error("DispatchStage::add_to_graph: bucket " + count_text(bucket.tokens) +
                 " has no graph (its capture failed; see the log)");
   }
+  cudaGraphNode_t node = graphs->add_child(parent, deps, num_deps, num_tokens);
   ++bucket.stats.child_nodes;
-  s.last_was_overflow = false;
-  return graphs->add_child(parent, deps, num_deps, num_tokens);
+  s.last_run = &s.main;  // the parent's replays write the main buffers
+  return node;
 }
 
 cudaGraphNode_t DispatchStage::add_to_graph_device_count(cudaGraph_t parent,
@@ -516,16 +560,17 @@ cudaGraphNode_t DispatchStage::add_to_graph_device_count(cudaGraph_t parent,
     throw Error("DispatchStage::add_to_graph_device_count: bucket " + count_text(bucket.tokens) +
                 " has no graph (its capture failed; see the log)");
   }
+  cudaGraphNode_t node = graphs->add_child_device_count(parent, deps, num_deps, d_num_tokens);
   ++bucket.stats.child_nodes;
-  s.last_was_overflow = false;
-  return graphs->add_child_device_count(parent, deps, num_deps, d_num_tokens);
+  s.last_run = &s.main;  // the parent's replays write the main buffers
+  return node;
 }
 
 std::int32_t DispatchStage::read_num_tokens_post_pad(cudaStream_t stream) {
   Impl& s = *impl_;
   DeviceGuard guard(s.config.device);
   s.check_stream(stream, caller_capture(stream));
-  const AlignBuffers& b = s.last_was_overflow ? s.overflow : s.main;
+  const AlignBuffers& b = *s.last_run;
   MOE_DISPATCH_CUDA_CHECK(cudaMemcpyAsync(s.host_readback.get(), b.post_pad_and_counters.get(),
                                           sizeof(std::int32_t), cudaMemcpyDeviceToHost, stream));
   MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -536,7 +581,7 @@ DeviceCounters DispatchStage::read_counters(cudaStream_t stream) {
   Impl& s = *impl_;
   DeviceGuard guard(s.config.device);
   s.check_stream(stream, caller_capture(stream));
-  const AlignBuffers& b = s.last_was_overflow ? s.overflow : s.main;
+  const AlignBuffers& b = *s.last_run;
   MOE_DISPATCH_CUDA_CHECK(
       cudaMemcpyAsync(s.host_readback.get() + 1, b.post_pad_and_counters.get() + 1,
                       sizeof(std::int32_t) * kNumCounters, cudaMemcpyDeviceToHost, stream));
@@ -552,8 +597,8 @@ StageStats DispatchStage::stats() const {
     out.buckets.push_back(b.stats);
     if (b.graphs) out.buckets.back().parameter_updates = b.graphs->parameter_updates();
   }
-  out.device_bytes =
-      s.main.bytes() + s.overflow.bytes() + static_cast<std::int64_t>(s.expert_map.bytes());
+  out.device_bytes = s.main.bytes() + s.overflow.bytes() + s.retired.bytes() +
+                     static_cast<std::int64_t>(s.expert_map.bytes());
   out.device_allocations = s.allocations;
   out.overflow_runs = s.overflow_runs;
   out.overflow_growths = s.overflow_growths;

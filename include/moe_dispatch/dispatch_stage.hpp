@@ -41,7 +41,12 @@
 //   it also waits for other work on that device, so destroy stages outside the serving path. The
 //   caller must not read outputs of a destroyed stage.
 // - Overflow (OverflowPolicy::kEager): write the routing of a step above max_tokens() through
-//   input_for(num_tokens), which grows the overflow input, before run(num_tokens).
+//   input_for(num_tokens), which grows the overflow input, before run(num_tokens). A growth keeps
+//   the buffers of the last run until a later growth, so the last run's outputs stay valid until
+//   the next run. Counts whose sorted_token_ids capacity would pass kMaxNumel are refused
+//   (ArgumentError), as the buckets are by validate(). Inside the caller's stream capture a count
+//   above max_tokens() is refused (ArgumentError): the caller's graph would keep pointers into
+//   overflow buffers that a later growth frees.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -75,7 +80,8 @@ struct DispatchOutputs {
   const std::int32_t* num_tokens_post_pad = nullptr;  // [1]
   const DeviceCounters* counters = nullptr;           // [1]
   // Entries defined by this run: sorted_capacity(numel) and expert_ids_capacity(numel) for
-  // numel = num_tokens * top_k (run_device_count: for max_tokens, an upper bound).
+  // numel = num_tokens * top_k (run_device_count: for the bucket's capacity, since a device count
+  // up to the bucket is aligned in full; an upper bound).
   std::int64_t sorted_token_ids_used = 0;
   std::int64_t expert_ids_used = 0;
   std::int64_t sorted_token_ids_size = 0;  // entries allocated (>= used)
