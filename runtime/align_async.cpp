@@ -1,5 +1,7 @@
 #include "moe_dispatch/align_async.hpp"
 
+#include <algorithm>
+#include <cstdint>
 #include <string>
 
 #include "kernels/align.hpp"
@@ -13,17 +15,30 @@ kernels::AlignPlan plan_for(const AlignShape& shape, int max_tokens) {
                              shape.block_size);
 }
 
+// What validate() accepts of a shape with one bucket of max(max_tokens, 1) tokens, checked without
+// building a config: a valid call allocates nothing.
+bool shape_is_valid(const AlignShape& shape, int max_tokens) {
+  if (shape.num_experts < 1 || shape.num_experts > kMaxExperts) return false;
+  if (shape.top_k < 1 || shape.top_k > std::min(kMaxTopK, shape.num_experts)) return false;
+  if (shape.block_size < 1 || shape.block_size > kMaxBlockSize) return false;
+  return sorted_capacity(shape, std::int64_t{std::max(max_tokens, 1)} * shape.top_k) <= kMaxNumel;
+}
+
 void check(const AlignShape& shape, int max_tokens, const AlignBuffersView& b) {
-  DispatchConfig c;
-  c.num_experts = shape.num_experts;
-  c.top_k = shape.top_k;
-  c.block_size = shape.block_size;
-  c.pad_sorted_ids = shape.pad_sorted_ids;
-  c.buckets = {max_tokens > 0 ? max_tokens : 1};
-  try {
-    validate(c);
-  } catch (const ConfigError& e) {
-    throw ArgumentError(std::string("align_async: ") + e.what());
+  if (!shape_is_valid(shape, max_tokens)) {
+    // validate() names what is wrong.
+    DispatchConfig c;
+    c.num_experts = shape.num_experts;
+    c.top_k = shape.top_k;
+    c.block_size = shape.block_size;
+    c.pad_sorted_ids = shape.pad_sorted_ids;
+    c.buckets = {max_tokens > 0 ? max_tokens : 1};
+    try {
+      validate(c);
+    } catch (const ConfigError& e) {
+      throw ArgumentError(std::string("align_async: ") + e.what());
+    }
+    throw ArgumentError("align_async: the shape is outside what the kernels support");
   }
   if (max_tokens < 0) {
     throw ArgumentError("align_async: max_tokens " + std::to_string(max_tokens) +

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -40,6 +41,15 @@ void check_range(std::string_view key, std::int64_t value, std::int64_t lo, std:
   std::string allowed = range_text(lo, hi);
   if (!why.empty()) allowed.append(" (").append(why).append(")");
   fail(key, std::to_string(value) + " is out of range", allowed);
+}
+
+// An enum field holds one of its enumerators (a config built in code may cast any int into it).
+template <typename Enum>
+void check_enum(std::string_view key, Enum value, std::initializer_list<Enum> known) {
+  if (std::find(known.begin(), known.end(), value) != known.end()) return;
+  std::string allowed;
+  for (const Enum e : known) allowed.append(allowed.empty() ? "" : " or ").append(to_string(e));
+  fail(key, std::to_string(static_cast<int>(value)) + " is not a known value", allowed);
 }
 
 void check_num_experts(int num_experts) { check_range("num_experts", num_experts, 1, kMaxExperts); }
@@ -140,6 +150,8 @@ void check_expert_parallel(const ExpertParallelSection& ep, int num_experts) {
                          : std::string{});
   check_range("expert_parallel.rank", ep.rank, 0, ep.world_size - 1,
               "world_size = " + std::to_string(ep.world_size));
+  check_enum("expert_parallel.hidden_type", ep.hidden_type,
+             {HiddenType::kFloat32, HiddenType::kBFloat16});
   if (!contiguous) {
     constexpr std::string_view kKey = "expert_parallel.placement";
     if (ep.placement.size() != static_cast<std::size_t>(num_experts)) {
@@ -183,7 +195,13 @@ void validate(const DispatchConfig& cfg) {
   check_buckets(cfg.buckets);
   if (cfg.expert_parallel) check_expert_parallel(*cfg.expert_parallel, cfg.num_experts);
   check_capacity(cfg);  // after expert_parallel: it needs a valid world_size
-  if (cfg.expert_map) check_expert_map(*cfg.expert_map, cfg.num_experts);
+  if (cfg.expert_map) {
+    check_enum("expert_map.mode", cfg.expert_map->mode,
+               {ExpertMapMode::kDrop, ExpertMapMode::kMapAfter});
+    check_expert_map(*cfg.expert_map, cfg.num_experts);
+  }
+  check_enum("overflow", cfg.overflow, {OverflowPolicy::kError, OverflowPolicy::kEager});
+  check_enum("capture", cfg.capture, {CaptureMode::kEager, CaptureMode::kLazy});
   if (cfg.expert_parallel) check_with_expert_parallel(cfg);
   check_range("fixed_count_graphs_up_to", cfg.fixed_count_graphs_up_to, 0, kMaxFixedCountTokens);
   if (cfg.device < 0) {

@@ -453,7 +453,10 @@ struct ExpertParallelDispatch::Impl {
     cudaGraph_t captured = nullptr;
     const cudaError_t ended = cudaStreamEndCapture(s, &captured);
     Graph graph(captured);
-    MOE_DISPATCH_CUDA_CHECK(ended);
+    if (ended != cudaSuccess) {
+      detail::throw_cuda_error(ended, "cudaStreamEndCapture(capture_stream, &captured)", __FILE__,
+                               __LINE__);
+    }
     return graph;
   }
 
@@ -716,14 +719,19 @@ EpDispatchOutputs ExpertParallelDispatch::dispatch(int num_tokens, int step_max_
   const bool capturing = s.caller_capturing(stream);
   s.check_stream(stream, capturing);
   EpBucket& b = s.bucket_of(step_max_tokens);
-  s.current = static_cast<std::size_t>(&b - s.buckets.data());
+  // The bucket becomes the current one (which the later calls of the step use) once its dispatch
+  // is enqueued: after a throw they keep the last step's.
+  const auto index = static_cast<std::size_t>(&b - s.buckets.data());
   if (capturing) {
     s.run_pack(b.tokens, num_tokens, stream);
     s.run_exchange_dispatch(b.tokens, stream);
-    return s.outputs(s.run_unpack(b.tokens, stream), b.tokens, false);
+    const EpDispatchOutputs out = s.outputs(s.run_unpack(b.tokens, stream), b.tokens, false);
+    s.current = index;
+    return out;
   }
   s.bind(b, num_tokens);
   MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(b.dispatch_exec.get(), stream));
+  s.current = index;
   return s.outputs(b.local, b.tokens, true);
 }
 
@@ -749,8 +757,8 @@ void ExpertParallelDispatch::pack(int num_tokens, int step_max_tokens, cudaStrea
   DeviceGuard guard(s.config.stage.device);
   s.check_stream(stream, s.caller_capturing(stream));
   EpBucket& b = s.bucket_of(step_max_tokens);
-  s.current = static_cast<std::size_t>(&b - s.buckets.data());
   s.run_pack(b.tokens, num_tokens, stream);
+  s.current = static_cast<std::size_t>(&b - s.buckets.data());  // once the pack is enqueued
 }
 
 void ExpertParallelDispatch::exchange_dispatch(cudaStream_t stream) {

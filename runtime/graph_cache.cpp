@@ -20,8 +20,13 @@ BucketGraph::BucketGraph(const kernels::AlignParams& params, const kernels::Alig
   cudaGraph_t captured = nullptr;
   const cudaError_t ended = cudaStreamEndCapture(capture_stream, &captured);
   graph_ = Graph(captured);  // released even when the launch failed
-  MOE_DISPATCH_CUDA_CHECK(launched);
-  MOE_DISPATCH_CUDA_CHECK(ended);
+  if (launched != cudaSuccess) {
+    throw_cuda_error(launched, "kernels::launch_align(params, plan, capture_stream)", __FILE__,
+                     __LINE__);
+  }
+  if (ended != cudaSuccess) {
+    throw_cuda_error(ended, "cudaStreamEndCapture(capture_stream, &captured)", __FILE__, __LINE__);
+  }
 
   // The kernels form a chain; its root is the kernel that reads the count.
   std::size_t num_roots = 1;
