@@ -482,6 +482,16 @@ TEST_CASE("validate names the key and the allowed values of a config built in co
        "config: block_size: ", "1..1024"},
       {"no buckets", [](DispatchConfig& c) { c.buckets.clear(); },
        "config: buckets: ", "ascending, unique, positive"},
+      {"unknown overflow policy", [](DispatchConfig& c) { c.overflow = OverflowPolicy{7}; },
+       "config: overflow: 7 is not a known value", "error or eager"},
+      {"unknown capture mode", [](DispatchConfig& c) { c.capture = CaptureMode{9}; },
+       "config: capture: 9 is not a known value", "eager or lazy"},
+      {"unknown expert map mode",
+       [](DispatchConfig& c) {
+         c.expert_map = moe_dispatch::split_experts(8, 0, 2);
+         c.expert_map->mode = ExpertMapMode{-1};
+       },
+       "config: expert_map.mode: -1 is not a known value", "drop or map_after"},
       {"negative bucket",
        [](DispatchConfig& c) {
          c.buckets = {-4, 16};
@@ -545,6 +555,11 @@ TEST_CASE("validate names the key and the allowed values of a config built in co
          c.expert_parallel = ExpertParallelSection{9, 0, {}, 64, HiddenType::kBFloat16};
        },
        "config: expert_parallel.world_size: ", "1..8 (at most num_experts = 8"},
+      {"unknown hidden type",
+       [](DispatchConfig& c) {
+         c.expert_parallel = ExpertParallelSection{2, 0, {}, 64, HiddenType{3}};
+       },
+       "config: expert_parallel.hidden_type: 3 is not a known value", "float32 or bf16"},
       {"expert_parallel rank out of range",
        [](DispatchConfig& c) {
          c.expert_parallel = ExpertParallelSection{2, 2, {}, 64, HiddenType::kBFloat16};

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -107,6 +108,20 @@ Ids slots_in(const HostAlignResult& r, std::size_t seg_begin, std::size_t seg_en
     if (r.sorted_token_ids[i] != sentinel) out.push_back(r.sorted_token_ids[i]);
   }
   return out;
+}
+
+// The message of the ArgumentError that align_reference throws; fails the test on anything else.
+std::string argument_error(const Ids& ids, const AlignShape& shape,
+                           const ExpertMap* map = nullptr) {
+  try {
+    align_reference(ids, shape, map);
+  } catch (const ArgumentError& error) {
+    return error.what();
+  } catch (const std::exception& error) {
+    FAIL("threw something other than ArgumentError: " << error.what());
+  }
+  FAIL("align_reference accepted the input");
+  return {};
 }
 
 const Ids kVllmIds = {2, 3, 4, 1, 2, 4, 1, 3, 4, 1, 2, 3};
@@ -587,6 +602,31 @@ TEST_CASE("an expert_map of the wrong length is an ArgumentError") {
   CHECK_THROWS_AS(align_reference(Ids{}, AlignShape{4, 1, 4, false}, &empty), ArgumentError);
 }
 
+TEST_CASE("an expert_map entry that is not -1 or a unique local id is an ArgumentError") {
+  // Each message names the entry, its value, and what is allowed; the check does not depend on
+  // the mode.
+  struct Case {
+    Ids map;
+    std::string names_entry;
+    std::string says_why;
+  };
+  const Case cases[] = {
+      {{0, 0}, "expert_map[1] = 0;", "used by no other expert"},     // duplicate local id
+      {{2, -1}, "expert_map[0] = 2;", "a local id in [0, 2)"},       // local id >= num_experts
+      {{-2, 0}, "expert_map[0] = -2;", "allowed: -1 or a local id"}  // below -1
+  };
+  for (const Case& c : cases) {
+    for (const ExpertMapMode mode : {ExpertMapMode::kDrop, ExpertMapMode::kMapAfter}) {
+      CAPTURE(c.names_entry);
+      CAPTURE(mode == ExpertMapMode::kDrop);
+      const ExpertMap map{c.map, mode};
+      const std::string message = argument_error(Ids{0, 1}, AlignShape{2, 1, 4, false}, &map);
+      CHECK_MESSAGE(message.find(c.names_entry) != std::string::npos, message);
+      CHECK_MESSAGE(message.find(c.says_why) != std::string::npos, message);
+    }
+  }
+}
+
 TEST_CASE("shapes outside the limits are ArgumentErrors") {
   using moe_dispatch::kMaxBlockSize;
   using moe_dispatch::kMaxExperts;
@@ -613,9 +653,22 @@ TEST_CASE("shapes outside the limits are ArgumentErrors") {
   }
 }
 
-TEST_CASE("numel above kMaxNumel is an ArgumentError") {
-  const Ids too_many(static_cast<std::size_t>(moe_dispatch::kMaxNumel) + 8, 0);
-  CHECK_THROWS_AS(align_reference(too_many, AlignShape{4, 8, 64, false}), ArgumentError);
+TEST_CASE("numel kMaxNumel is accepted and one row more is an ArgumentError") {
+  constexpr AlignShape kShape{8, 8, 1, false};
+  const auto max_numel = static_cast<std::size_t>(moe_dispatch::kMaxNumel);
+  static_assert(moe_dispatch::kMaxNumel % kShape.top_k == 0);
+  Ids ids(max_numel, 0);
+  SUBCASE("exactly kMaxNumel") {
+    // Block size 1 and every slot on expert 0: the padded total is numel itself.
+    const HostAlignResult got = align_reference(ids, kShape);
+    CHECK(got.num_tokens_post_pad == moe_dispatch::kMaxNumel);
+    CHECK(got.num_invalid_ids == 0);
+  }
+  SUBCASE("kMaxNumel + top_k") {
+    ids.resize(max_numel + static_cast<std::size_t>(kShape.top_k), 0);
+    const std::string message = argument_error(ids, kShape);
+    CHECK_MESSAGE(message.find("16777216") != std::string::npos, message);
+  }
 }
 
 TEST_CASE("small random shapes match the oracle exhaustively") {

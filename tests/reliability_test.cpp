@@ -679,7 +679,7 @@ TEST_CASE("a stream of another device is rejected with both devices named") {
   int devices = 0;
   MOE_DISPATCH_CUDA_CHECK(cudaGetDeviceCount(&devices));
   if (devices < 2) {
-    MESSAGE("skipped: needs two CUDA devices, this machine has " << devices);
+    MESSAGE("SKIPPED: needs two CUDA devices, this machine has " << devices);
     return;
   }
   for (const int stage_device : {0, 1}) {

@@ -3,9 +3,13 @@
 // own capture and child graphs, overflow policies, and bad arguments.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <atomic>
+#include <climits>
 #include <cstddef>
 #include <cstdlib>
 #include <filesystem>
+#include <new>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -14,6 +18,7 @@
 #include <vector>
 
 #include "moe_dispatch/align.hpp"
+#include "moe_dispatch/align_async.hpp"
 #include "moe_dispatch/config.hpp"
 #include "moe_dispatch/cuda_raii.hpp"
 #include "moe_dispatch/dispatch_stage.hpp"
@@ -27,6 +32,19 @@
 
 extern const bool kNeedsGpu;
 const bool kNeedsGpu = true;
+
+// Every operator new of this binary is counted, so a test can show that a call makes no heap
+// allocation (the forms not replaced here forward to these).
+namespace {
+std::atomic<std::int64_t> heap_allocations{0};
+}  // namespace
+void* operator new(std::size_t bytes) {
+  ++heap_allocations;
+  if (void* p = std::malloc(bytes == 0 ? 1 : bytes)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 namespace md = moe_dispatch;
 using md::test::Routing;
@@ -84,27 +102,33 @@ TEST_CASE("replays match the host reference at every bucket of every preset and 
   }
 }
 
-TEST_CASE("2000 back-to-back runs with device-written routing and no host sync are all exact") {
-  md::DispatchConfig cfg = small_config();
+namespace {
+
+// 2000 back-to-back runs of `cfg` (top_k 2, E 64) with counts uniform in [0, max_tokens()] and
+// routing written by a kernel before each, no host sync between them, each step's outputs copied
+// (stream-ordered) to its own slot; every step compared with the reference at the end.
+void back_to_back_runs(const md::DispatchConfig& cfg, std::uint32_t seed) {
   md::DispatchStage stage(cfg);
   const md::Stream stream = md::make_stream();
   const md::AlignShape shape = md::shape_of(cfg);
   const int steps = 2000;
-  const auto sorted_slot = static_cast<std::size_t>(md::sorted_capacity(shape, 256 * 2));
-  const auto blocks_slot = static_cast<std::size_t>(md::expert_ids_capacity(shape, 256 * 2));
+  const std::int64_t max_numel = std::int64_t{cfg.max_tokens()} * cfg.top_k;
+  const auto sorted_slot = static_cast<std::size_t>(md::sorted_capacity(shape, max_numel));
+  const auto blocks_slot = static_cast<std::size_t>(md::expert_ids_capacity(shape, max_numel));
   const std::size_t slot = sorted_slot + blocks_slot + 4;
   md::DeviceBuffer<std::int32_t> history(slot * steps);
   MOE_DISPATCH_CUDA_CHECK(cudaMemset(history.get(), md::test::kPoisonByte, history.bytes()));
-  std::mt19937 rng(2);
-  std::uniform_int_distribution<int> count(0, 256);
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> count(0, cfg.max_tokens());
   std::vector<int> tokens(steps);
   for (int s = 0; s < steps; ++s) {
     tokens[s] = count(rng);
-    MOE_DISPATCH_CUDA_CHECK(md::test::launch_hashed_routing(
-        stage.input(), tokens[s] * 2, static_cast<std::uint32_t>(s), 64, stream.get()));
+    MOE_DISPATCH_CUDA_CHECK(md::test::launch_hashed_routing(stage.input(), tokens[s] * cfg.top_k,
+                                                            static_cast<std::uint32_t>(s),
+                                                            cfg.num_experts, stream.get()));
     const md::DispatchOutputs out = stage.run(tokens[s], stream.get());
     std::int32_t* dst = history.get() + slot * s;
-    const auto numel = std::int64_t{tokens[s]} * 2;
+    const auto numel = std::int64_t{tokens[s]} * cfg.top_k;
     MOE_DISPATCH_CUDA_CHECK(cudaMemcpyAsync(dst, out.sorted_token_ids,
                                             md::sorted_capacity(shape, numel) * 4,
                                             cudaMemcpyDeviceToDevice, stream.get()));
@@ -121,7 +145,8 @@ TEST_CASE("2000 back-to-back runs with device-written routing and no host sync a
       cudaMemcpy(host.data(), history.get(), history.bytes(), cudaMemcpyDeviceToHost));
   int exact = 0;
   for (int s = 0; s < steps; ++s) {
-    const auto ids = md::test::hashed_routing(tokens[s] * 2, static_cast<std::uint32_t>(s), 64);
+    const auto ids = md::test::hashed_routing(tokens[s] * cfg.top_k, static_cast<std::uint32_t>(s),
+                                              cfg.num_experts);
     const md::HostAlignResult want = md::align_reference(ids, shape);
     const std::int32_t* got = host.data() + slot * s;
     bool same = std::equal(want.sorted_token_ids.begin(), want.sorted_token_ids.end(), got) &&
@@ -136,6 +161,15 @@ TEST_CASE("2000 back-to-back runs with device-written routing and no host sync a
     }
   }
   CHECK(exact == steps);
+}
+
+}  // namespace
+
+TEST_CASE("2000 back-to-back runs with device-written routing and no host sync are all exact") {
+  SUBCASE("one-kernel buckets") { back_to_back_runs(small_config(), 2); }
+  // Most counts fall in bucket 16384, whose large variant reads the count in its first kernel
+  // and passes it to the later ones through device memory.
+  SUBCASE("with a bucket of the large variant") { back_to_back_runs(two_variant_config(), 5); }
 }
 
 TEST_CASE("buckets up to fixed_count_graphs_up_to tokens launch a graph per count") {
@@ -252,20 +286,41 @@ TEST_CASE("run() updates a count from a host thread that made no CUDA call befor
 TEST_CASE("no device memory is allocated across 100k replays after construction") {
   md::DispatchStage stage(small_config());
   const md::Stream stream = md::make_stream();
+  // Routing in every row, so the replays count, rank and scatter real slots.
+  const auto ids = md::test::hashed_routing(256 * 2, 3, 64);
+  MOE_DISPATCH_CUDA_CHECK(
+      cudaMemcpy(stage.input(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+  // Every other step takes its count from device memory (a source pointer per step).
+  constexpr int kSteps = 100000;
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> count(0, 256);
+  std::vector<std::int32_t> counts(kSteps);
+  for (std::int32_t& c : counts) c = count(rng);
+  md::DeviceBuffer<std::int32_t> d_counts(kSteps);
+  MOE_DISPATCH_CUDA_CHECK(
+      cudaMemcpy(d_counts.get(), counts.data(), d_counts.bytes(), cudaMemcpyHostToDevice));
   MOE_DISPATCH_CUDA_CHECK(cudaDeviceSynchronize());
   const std::int64_t allocations = stage.stats().device_allocations;
   std::size_t free_before = 0, free_after = 0, total = 0;
   MOE_DISPATCH_CUDA_CHECK(cudaMemGetInfo(&free_before, &total));
-  std::mt19937 rng(3);
-  std::uniform_int_distribution<int> count(0, 256);
-  for (int i = 0; i < 100000; ++i) stage.run(count(rng), stream.get());
+  md::DispatchOutputs out;
+  for (int i = 0; i < kSteps; ++i) {
+    out = i % 2 == 0 ? stage.run(counts[i], stream.get())
+                     : stage.run_device_count(d_counts.get() + i, counts[i], stream.get());
+  }
   MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
   MOE_DISPATCH_CUDA_CHECK(cudaMemGetInfo(&free_after, &total));
   CHECK(stage.stats().device_allocations == allocations);
   CHECK(free_after == free_before);
   std::int64_t replays = 0;
   for (const auto& b : stage.stats().buckets) replays += b.replays;
-  CHECK(replays == 100000);
+  CHECK(replays == kSteps);
+  const int last = counts.back();
+  const std::vector<std::int32_t> head(ids.begin(), ids.begin() + 2 * last);
+  const md::HostAlignResult expected = md::align_reference(head, md::shape_of(stage.config()));
+  const std::string diff =
+      md::test::compare(expected, md::test::fetch_defined(out, expected), last);
+  CHECK_MESSAGE(diff.empty(), diff);
 }
 
 TEST_CASE("run inside the caller's stream capture gives the same outputs when the caller replays") {
@@ -591,4 +646,315 @@ TEST_CASE("a lazy stage inside the caller's global capture records the large var
                                              fetch(inside), 3000);
   CHECK_MESSAGE(diff.empty(), diff);
   CHECK(stage.stats().buckets[kLargeBucket].captures == 0);
+}
+
+TEST_CASE("an error an earlier call left pending fails neither capture nor eager launches") {
+  int devices = 0;
+  MOE_DISPATCH_CUDA_CHECK(cudaGetDeviceCount(&devices));
+  // A failed call sets the thread's last error (not sticky) until something reads it.
+  REQUIRE(cudaSetDevice(devices + 100) != cudaSuccess);
+  md::DispatchConfig cfg = two_variant_config();
+  cfg.overflow = md::OverflowPolicy::kEager;
+  md::DispatchStage stage(cfg);
+  for (const md::BucketStats& b : stage.stats().buckets) CHECK(b.captured);
+  const md::Stream stream = md::make_stream();
+  std::mt19937 rng(31);
+  const auto ids = md::test::make_routing(Routing::kUniform, 20000, 2, 64, rng);
+  REQUIRE(cudaSetDevice(devices + 100) != cudaSuccess);
+  CHECK(run_and_compare(stage, ids, stream.get()).empty());  // above 16384: eager
+  CHECK(stage.stats().overflow_runs == 2);
+  for (const md::BucketStats& b : stage.stats().buckets) CHECK(b.eager_runs == 0);
+}
+
+TEST_CASE("run_device_count's extents cover a device count above max_tokens within the bucket") {
+  md::DispatchStage stage(small_config());
+  const md::Stream stream = md::make_stream();
+  std::mt19937 rng(32);
+  const auto ids = md::test::make_routing(Routing::kUniform, 64, 2, 64, rng);
+  MOE_DISPATCH_CUDA_CHECK(
+      cudaMemcpy(stage.input(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+  md::DeviceBuffer<std::int32_t> d_count(1);
+  const std::int32_t count = 64;
+  MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(d_count.get(), &count, 4, cudaMemcpyHostToDevice));
+  poison(stage.run(0, stream.get()), stream.get());
+  // max_tokens 9 picks bucket 64; the device count 64 lies within it and is aligned in full.
+  const md::DispatchOutputs out = stage.run_device_count(d_count.get(), 9, stream.get());
+  CHECK(out.bucket == 64);
+  CHECK(out.num_tokens == 9);
+  const md::AlignShape shape = md::shape_of(stage.config());
+  CHECK(out.sorted_token_ids_used == md::sorted_capacity(shape, 64 * 2));
+  CHECK(out.expert_ids_used == md::expert_ids_capacity(shape, 64 * 2));
+  const std::int32_t post_pad = stage.read_num_tokens_post_pad(stream.get());
+  CHECK(post_pad <= out.sorted_token_ids_used);
+  const std::string diff = md::test::compare(md::align_reference(ids, shape), fetch(out), 64);
+  CHECK_MESSAGE(diff.empty(), diff);
+  CHECK(stage.read_counters(stream.get()).count_clamped == 0);
+}
+
+TEST_CASE("an overflow growth keeps the last run's outputs valid until the next run") {
+  md::DispatchConfig cfg = small_config();
+  cfg.overflow = md::OverflowPolicy::kEager;
+  md::DispatchStage stage(cfg);
+  const md::Stream stream = md::make_stream();
+  std::mt19937 rng(33);
+  const md::AlignShape shape = md::shape_of(cfg);
+  const auto ids = md::test::make_routing(Routing::kWithInvalid, 300, 2, 64, rng);
+  REQUIRE(run_and_compare(stage, ids, stream.get()).empty());
+  const md::DispatchOutputs out = stage.run(300, stream.get());
+  const md::HostAlignResult expected = md::align_reference(ids, shape);
+  const std::int64_t bytes_before = stage.stats().device_bytes;
+  stage.input_for(1000);  // grows the overflow buffers
+  CHECK(stage.stats().overflow_growths == 2);
+  CHECK(stage.stats().device_bytes > bytes_before);
+  CHECK(stage.read_num_tokens_post_pad(stream.get()) == expected.num_tokens_post_pad);
+  CHECK(stage.read_counters(stream.get()).num_tokens == 300);
+  const std::string diff = md::test::compare(expected, md::test::fetch_defined(out, expected), 300);
+  CHECK_MESSAGE(diff.empty(), diff);
+  // A second growth without a run between frees no buffers a view uses; runs stay exact.
+  stage.input_for(2000);
+  CHECK(stage.read_num_tokens_post_pad(stream.get()) == expected.num_tokens_post_pad);
+  const auto more = md::test::make_routing(Routing::kUniform, 2000, 2, 64, rng);
+  CHECK(run_and_compare(stage, more, stream.get()).empty());
+  const auto fewer = md::test::make_routing(Routing::kUniform, 50, 2, 64, rng);
+  CHECK(run_and_compare(stage, fewer, stream.get()).empty());
+}
+
+TEST_CASE("overflow counts past the kernels' 32-bit limit are refused before anything is done") {
+  md::DispatchConfig cfg;
+  cfg.num_experts = 8;
+  cfg.top_k = 1;
+  cfg.block_size = 1;
+  cfg.buckets = {256};
+  cfg.overflow = md::OverflowPolicy::kEager;
+  cfg.log = false;
+  md::DispatchStage stage(cfg);
+  const md::Stream stream = md::make_stream();
+  const std::int64_t allocations = stage.stats().device_allocations;
+  // Capacity numel + E * (B - 1) = numel here: 2^24 tokens are the most.
+  for (const int n : {(1 << 24) + 1, INT_MAX}) {
+    INFO("tokens=" << n);
+    for (const bool through_run : {false, true}) {
+      try {
+        if (through_run) {
+          stage.run(n, stream.get());
+        } else {
+          stage.input_for(n);
+        }
+        FAIL_CHECK("no exception");
+      } catch (const md::ArgumentError& e) {
+        const std::string what = e.what();
+        CHECK(what.find(std::to_string(n)) != std::string::npos);
+        CHECK(what.find("16777216") != std::string::npos);
+      }
+    }
+  }
+  CHECK(stage.stats().device_allocations == allocations);
+  CHECK(stage.stats().overflow_growths == 0);
+  CHECK(stage.input_for(1 << 24) != nullptr);  // the limit itself is accepted
+  CHECK(stage.stats().overflow_growths == 1);
+}
+
+TEST_CASE(
+    "inside the caller's capture a count above the largest bucket is refused, capture intact") {
+  md::DispatchConfig cfg = small_config();
+  cfg.overflow = md::OverflowPolicy::kEager;
+  md::DispatchStage stage(cfg);
+  const md::Stream stream = md::make_stream();
+  std::mt19937 rng(34);
+  const auto ids = md::test::make_routing(Routing::kUniform, 300, 2, 64, rng);
+  MOE_DISPATCH_CUDA_CHECK(
+      cudaMemcpy(stage.input_for(300), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+  const std::vector<std::int32_t> head(ids.begin(), ids.begin() + 20);
+  MOE_DISPATCH_CUDA_CHECK(
+      cudaMemcpy(stage.input(), head.data(), head.size() * 4, cudaMemcpyHostToDevice));
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
+  try {
+    stage.run(300, stream.get());
+    FAIL_CHECK("no exception");
+  } catch (const md::ArgumentError& e) {
+    CHECK(std::string(e.what()).find("300") != std::string::npos);
+  }
+  const md::DispatchOutputs out = stage.run(10, stream.get());
+  cudaGraph_t captured = nullptr;
+  REQUIRE(cudaStreamEndCapture(stream.get(), &captured) == cudaSuccess);
+  md::Graph graph(captured);
+  cudaGraphExec_t exec_raw = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
+  md::GraphExec exec(exec_raw);
+  poison(out, stream.get());
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream.get()));
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+  const std::string diff =
+      md::test::compare(md::align_reference(head, md::shape_of(cfg)), fetch(out), 10);
+  CHECK_MESSAGE(diff.empty(), diff);
+  CHECK(stage.stats().overflow_runs == 0);
+}
+
+TEST_CASE("a failed add_to_graph counts no child node and leaves the stage usable") {
+  md::DispatchStage stage(small_config());
+  const md::Stream stream = md::make_stream();
+  cudaGraph_t raw = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphCreate(&raw, 0));
+  md::Graph parent(raw);
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphCreate(&raw, 0));
+  md::Graph other(raw);
+  cudaGraphNode_t foreign = nullptr;  // a node of another graph: not a valid dependency
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphAddEmptyNode(&foreign, other.get(), nullptr, 0));
+  CHECK_THROWS_AS(stage.add_to_graph(parent.get(), &foreign, 1, 10), md::CudaError);
+  MOE_DISPATCH_CUDA_CHECK(cudaDeviceSynchronize());
+  for (const md::BucketStats& b : stage.stats().buckets) CHECK(b.child_nodes == 0);
+  std::mt19937 rng(35);
+  CHECK(run_and_compare(stage, md::test::make_routing(Routing::kUniform, 10, 2, 64, rng),
+                        stream.get())
+            .empty());
+  CHECK(stage.add_to_graph(parent.get(), nullptr, 0, 10) != nullptr);
+  CHECK(stage.stats().buckets[2].child_nodes == 1);
+}
+
+TEST_CASE("replays are exact with a shuffled expert map, either mode, every variant") {
+  std::mt19937 rng(36);
+  const md::Stream stream = md::make_stream();
+  for (const md::ExpertMapMode mode : {md::ExpertMapMode::kDrop, md::ExpertMapMode::kMapAfter}) {
+    md::DispatchConfig cfg = two_variant_config();
+    // 30 of the 64 experts local, their local ids shuffled, the others -1, interleaved.
+    std::vector<std::int32_t> experts(64);
+    for (int e = 0; e < 64; ++e) experts[e] = e;
+    std::shuffle(experts.begin(), experts.end(), rng);
+    std::vector<std::int32_t> local(30);
+    for (int i = 0; i < 30; ++i) local[i] = i;
+    std::shuffle(local.begin(), local.end(), rng);
+    md::ExpertMap map;
+    map.mode = mode;
+    map.global_to_local.assign(64, -1);
+    for (int i = 0; i < 30; ++i) map.global_to_local[experts[i]] = local[i];
+    cfg.expert_map = map;
+    md::DispatchStage stage(cfg);
+    for (const int n : {0, 1, 7, 64, 200, 256, 3000, 16384}) {
+      INFO("mode " << md::to_string(mode) << ", tokens " << n);
+      const auto ids = md::test::make_routing(Routing::kWithInvalid, n, 2, 64, rng);
+      const std::string diff = run_and_compare(stage, ids, stream.get());
+      CHECK_MESSAGE(diff.empty(), diff);
+    }
+  }
+}
+
+TEST_CASE("replays are exact for shapes the presets leave out") {
+  struct Case {
+    int experts, top_k, block;
+    bool pad;
+  };
+  // Block size 1 and padding, the most experts with top_k 32 and the largest block, E 1024 with
+  // top_k 32; buckets of the tiny, small and (E 4096) large variants.
+  const Case cases[] = {{2048, 8, 1, true}, {4096, 32, 1024, true}, {1024, 32, 16, false}};
+  std::mt19937 rng(37);
+  const md::Stream stream = md::make_stream();
+  for (const Case& c : cases) {
+    md::DispatchConfig cfg;
+    cfg.num_experts = c.experts;
+    cfg.top_k = c.top_k;
+    cfg.block_size = c.block;
+    cfg.pad_sorted_ids = c.pad;
+    cfg.buckets = {1, 64, 512};
+    cfg.log = false;
+    md::DispatchStage stage(cfg);
+    for (const Routing routing : {Routing::kUniform, Routing::kOneExpert, Routing::kOneNonEmpty,
+                                  Routing::kZipf, Routing::kWithInvalid}) {
+      for (const int n : {0, 1, 63, 64, 65, 511, 512}) {
+        INFO("E " << c.experts << " top_k " << c.top_k << " B " << c.block << " pad " << c.pad
+                  << " routing " << static_cast<int>(routing) << " tokens " << n);
+        const auto ids = md::test::make_routing(routing, n, c.top_k, c.experts, rng);
+        const std::string diff = run_and_compare(stage, ids, stream.get());
+        CHECK_MESSAGE(diff.empty(), diff);
+      }
+    }
+  }
+}
+
+TEST_CASE("align_async into buffers the caller owns matches the reference and rejects bad calls") {
+  const md::AlignShape shape{64, 2, 16, false};
+  const md::Stream stream = md::make_stream();
+  std::mt19937 rng(38);
+  // 64 tokens: one kernel; 20000 (40000 slots): the large variant, with scratch.
+  for (const int max_tokens : {64, 20000}) {
+    const std::int64_t numel = std::int64_t{max_tokens} * shape.top_k;
+    md::DeviceBuffer<std::int32_t> input(static_cast<std::size_t>(numel)), count(1), post(4);
+    md::DeviceBuffer<std::int32_t> sorted(
+        static_cast<std::size_t>(md::sorted_capacity(shape, numel)));
+    md::DeviceBuffer<std::int32_t> blocks(
+        static_cast<std::size_t>(md::expert_ids_capacity(shape, numel)));
+    md::DeviceBuffer<char> scratch(md::align_scratch_bytes(shape, max_tokens));
+    const int n = max_tokens - 3;
+    const auto ids = md::test::make_routing(Routing::kWithInvalid, max_tokens, 2, 64, rng);
+    MOE_DISPATCH_CUDA_CHECK(
+        cudaMemcpy(input.get(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+    MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(count.get(), &n, 4, cudaMemcpyHostToDevice));
+    const std::vector<std::int32_t> head(ids.begin(), ids.begin() + 2 * n);
+    const md::HostAlignResult expected = md::align_reference(head, shape);
+    for (const bool device_count : {true, false}) {
+      INFO("max_tokens " << max_tokens << ", device_count=" << device_count);
+      md::AlignBuffersView view;
+      view.topk_ids = input.get();
+      view.num_tokens = device_count ? count.get() : nullptr;
+      view.host_num_tokens = device_count ? 0 : n;
+      view.sorted_token_ids = sorted.get();
+      view.expert_ids = blocks.get();
+      view.num_tokens_post_pad = post.get();
+      view.scratch = scratch.get();
+      for (md::DeviceBuffer<std::int32_t>* b : {&sorted, &blocks, &post}) {
+        MOE_DISPATCH_CUDA_CHECK(
+            cudaMemsetAsync(b->get(), md::test::kPoisonByte, b->bytes(), stream.get()));
+      }
+      md::align_async(shape, max_tokens, view, stream.get());
+      MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+      const md::test::DeviceResult result = md::test::copy_back(
+          sorted.get(), sorted.size(), blocks.get(), blocks.size(), post.get(), post.get() + 1);
+      const std::string diff = md::test::compare(expected, result, n);
+      CHECK_MESSAGE(diff.empty(), diff);
+      if (max_tokens == 64) {
+        md::AlignBuffersView missing = view;
+        missing.sorted_token_ids = nullptr;
+        CHECK_THROWS_AS(md::align_async(shape, max_tokens, missing, stream.get()),
+                        md::ArgumentError);
+        CHECK_THROWS_AS(md::align_async(shape, -1, view, stream.get()), md::ArgumentError);
+        try {
+          md::align_async(md::AlignShape{64, 0, 16, false}, max_tokens, view, stream.get());
+          FAIL_CHECK("no exception");
+        } catch (const md::ArgumentError& e) {
+          CHECK(std::string(e.what()).find("align_async: config: top_k") != std::string::npos);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("run(), run_device_count() and align_async() make no heap allocation per call") {
+  md::DispatchStage stage(two_variant_config());
+  const md::Stream stream = md::make_stream();
+  md::DeviceBuffer<std::int32_t> d_count(1);
+  MOE_DISPATCH_CUDA_CHECK(cudaMemset(d_count.get(), 0, 4));
+  const md::AlignShape shape = md::shape_of(stage.config());
+  md::DeviceBuffer<std::int32_t> input(64 * 2),
+      sorted(static_cast<std::size_t>(md::sorted_capacity(shape, 64 * 2))),
+      blocks(static_cast<std::size_t>(md::expert_ids_capacity(shape, 64 * 2))), post(4);
+  MOE_DISPATCH_CUDA_CHECK(cudaMemset(input.get(), 0xFF, input.bytes()));
+  md::AlignBuffersView view;
+  view.topk_ids = input.get();
+  view.host_num_tokens = 50;
+  view.sorted_token_ids = sorted.get();
+  view.expert_ids = blocks.get();
+  view.num_tokens_post_pad = post.get();
+  // Counts in fixed-count and updatable buckets, the large variant's bucket, and two count
+  // sources for run_device_count().
+  const auto step = [&](int i) {
+    stage.run(i % 3000, stream.get());
+    stage.run_device_count(d_count.get() + 0, 200 + i % 2, stream.get());
+    md::align_async(shape, 64, view, stream.get());
+  };
+  for (int i = 0; i < 100; ++i) step(i);  // warm-up
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+  const std::int64_t before = heap_allocations.load();
+  for (int i = 0; i < 1000; ++i) step(i);
+  const std::int64_t after = heap_allocations.load();
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+  CHECK(after - before == 0);
 }

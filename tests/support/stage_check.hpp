@@ -21,9 +21,13 @@ void poison(const DispatchOutputs& out, cudaStream_t stream);
 
 // The whole output buffers and counters, after synchronizing the device.
 DeviceResult fetch(const DispatchOutputs& out);
+// Only the entries `expected` defines (and the counters): for outputs not poisoned before the run,
+// whose entries past the extent may never have been written.
+DeviceResult fetch_defined(const DispatchOutputs& out, const HostAlignResult& expected);
 
-// Writes `ids` to stage.input_for(), poisons the outputs, runs, and compares every entry with the
-// reference (entries past the defined extent must still hold the poison). "" when equal.
+// Writes `ids` to stage.input_for(), runs and compares the defined entries with the reference,
+// then poisons the outputs, runs again and compares every entry (entries past the defined extent
+// must still hold the poison). "" when both runs are equal to the reference.
 std::string run_and_compare(DispatchStage& stage, const std::vector<std::int32_t>& ids,
                             cudaStream_t stream);
 
