@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, in one batch: gpu tests, sanitizers, benchmarks and the sample.
-# Usage: bench/run_gpu_suite.sh BIN_DIR OUT_DIR [quick]   (every step is limited to 300 s)
+# Usage: bench/run_gpu_suite.sh BIN_DIR OUT_DIR [quick]   (each step is limited to
+# STEP_TIMEOUT seconds, 300 by default; expert_parallel_test to 120)
 # Writes logs, JSON and markdown under OUT_DIR; prints the tables last.
 set -u
 bin=${1:?usage: run_gpu_suite.sh BIN_DIR OUT_DIR [quick]}

@@ -37,7 +37,7 @@ constexpr int kExitNoDevice = 77;  // --backend gpu without a device (CTest's "s
 // have run, and the host containers of the trace and the backends have reached their capacity.
 constexpr int kSteadyStateStep = 1000;
 // --soak's default steps: a million on the GPU (about a minute with one layer on an H100); the host
-// backend is about a hundred times slower per step.
+// backend is several times slower per step (0.29 ms against 0.05 on the machines measured).
 constexpr int kSoakStepsGpu = 1'000'000;
 constexpr int kSoakStepsHost = 100'000;
 // Host RSS may move by a few pages without a leak (stdio buffers, malloc trimming; 128 KiB over the
