@@ -1,7 +1,8 @@
 // dispatch_bench: what the dispatch stage costs on this GPU.
 //
-//   dispatch_bench kernels [--json FILE] [--md FILE]
-//     Per shape (DESIGN.md §5) x tokens {1, 8, 64, 256, 1024, 4096, 16384}: microseconds per call
+//   dispatch_bench kernels [--only E,TOP_K,B[@TOKENS]]... [--json FILE] [--md FILE]
+//     Per shape (DESIGN.md §5) x tokens {1, 8, 64, 256, 1024, 4096, 16384} (--only: the listed
+//     shapes or points alone, on the ids of the whole walk): microseconds per call
 //     (medians of repeated trials) for
 //       eager    align_async() launched per call into persistent buffers (host launch included)
 //       graph    100 calls captured in one CUDA graph, replayed: kernel time without launch gaps
@@ -138,7 +139,23 @@ void write_file(const std::string& path, const std::string& text) {
   if (!out) throw std::runtime_error("cannot write " + path);
 }
 
-int bench_kernels(const std::string& json_path, const std::string& md_path) {
+// The grid points to measure: those of the listed shapes (E, top_k, B, and the token count when
+// given), or every point when none is listed.
+struct PointFilter {
+  struct Entry {
+    int experts = 0, top_k = 0, block = 0, tokens = 0;  // tokens 0: every count
+  };
+  std::vector<Entry> entries;
+  bool takes(const Shape& s, int tokens) const {
+    return entries.empty() || std::any_of(entries.begin(), entries.end(), [&](const Entry& e) {
+             return s.experts == e.experts && s.top_k == e.top_k && s.block == e.block &&
+                    (e.tokens == 0 || e.tokens == tokens);
+           });
+  }
+};
+
+int bench_kernels(const std::string& json_path, const std::string& md_path,
+                  const PointFilter& only) {
   const md::Stream stream_owner = md::make_stream();
   cudaStream_t stream = stream_owner.get();
   std::mt19937 rng(md::bench::kGridSeed);
@@ -151,7 +168,9 @@ int bench_kernels(const std::string& json_path, const std::string& md_path) {
   for (const Shape& s : md::bench::kGridShapes) {
     const md::AlignShape shape{s.experts, s.top_k, s.block, false};
     for (const int tokens : md::bench::kGridTokens) {
+      // Drawn for every point, so a point measured alone gets the ids of the whole walk.
       const auto ids = md::bench::distinct_routing(tokens, s.top_k, s.experts, rng);
+      if (!only.takes(s, tokens)) continue;
       EagerBuffers eb(shape, tokens, ids);
       const double eager = time_per_call_us(
           stream, 15, 200, [&] { md::align_async(shape, tokens, eb.view, stream); });
@@ -363,6 +382,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> args(argv + 1, argv + argc);
     std::string json_path, md_path, mode, config;
     std::optional<int> fixed_count_graphs_up_to;
+    PointFilter only;
     for (std::size_t i = 0; i < args.size(); ++i) {
       if (args[i] == "--fixed-count-graphs-up-to" && i + 1 < args.size()) {
         const std::string value = args[++i];
@@ -373,6 +393,16 @@ int main(int argc, char** argv) {
                                    std::to_string(md::kMaxFixedCountTokens));
         }
         fixed_count_graphs_up_to = static_cast<int>(parsed);
+      } else if (args[i] == "--only" && i + 1 < args.size()) {
+        const std::string value = args[++i];
+        PointFilter::Entry e;
+        int used = 0;
+        const int fields = std::sscanf(value.c_str(), "%d,%d,%d%n@%d%n", &e.experts, &e.top_k,
+                                       &e.block, &used, &e.tokens, &used);
+        if (fields < 3 || static_cast<std::size_t>(used) != value.size() || e.experts < 1) {
+          throw std::runtime_error("--only " + value + ": expected E,TOP_K,B or E,TOP_K,B@TOKENS");
+        }
+        only.entries.push_back(e);
       } else if (args[i] == "--json" && i + 1 < args.size()) {
         json_path = args[++i];
       } else if (args[i] == "--md" && i + 1 < args.size()) {
@@ -395,14 +425,15 @@ int main(int argc, char** argv) {
     int driver = 0;
     MOE_DISPATCH_CUDA_CHECK(cudaDriverGetVersion(&driver));
     std::fprintf(stderr, "dispatch_bench on %s (driver API %d)\n", prop.name, driver);
-    if (mode == "kernels") return bench_kernels(json_path, md_path);
+    if (mode == "kernels") return bench_kernels(json_path, md_path, only);
     if (mode == "stage" && !config.empty()) {
       return bench_stage(config, fixed_count_graphs_up_to, json_path, md_path);
     }
-    std::fprintf(stderr,
-                 "usage: dispatch_bench kernels [--json F] [--md F]\n"
-                 "       dispatch_bench stage CONFIG [--fixed-count-graphs-up-to N] [--json F] "
-                 "[--md F]\n");
+    std::fprintf(
+        stderr,
+        "usage: dispatch_bench kernels [--only E,TOP_K,B[@TOKENS]]... [--json F] [--md F]\n"
+        "       dispatch_bench stage CONFIG [--fixed-count-graphs-up-to N] [--json F] "
+        "[--md F]\n");
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dispatch_bench: %s\n", e.what());
