@@ -52,6 +52,20 @@ md::GraphExec capture_align(const mk::AlignParams& p, const mk::AlignPlan& plan,
   return md::detail::instantiate_uploaded(graph.get(), stream);
 }
 
+// The calls `enqueue` makes on `stream`, captured in one graph and instantiated, not uploaded (as
+// dispatch_bench times its graph column).
+template <typename Enqueue>
+md::GraphExec capture_not_uploaded(Enqueue&& enqueue, cudaStream_t stream) {
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  enqueue();
+  cudaGraph_t raw = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamEndCapture(stream, &raw));
+  const md::Graph graph(raw);
+  cudaGraphExec_t exec_raw = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
+  return md::GraphExec(exec_raw);
+}
+
 // Per call: the median over 15 samples of `per_sample` launches of `exec` (a graph of `calls`
 // alignments), after `per_sample` launches of warm-up.
 double median_graph_us(const md::GraphExec& exec, int calls, int per_sample, cudaStream_t stream) {
@@ -383,14 +397,12 @@ int sweep_placement(cudaStream_t stream) {
     // calls, not uploaded, launched 10 times per sample after 10 launches of warm-up.
     {
       const mk::AlignParams& p0 = layouts[0].params;
-      MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-      for (int i = 0; i < 100; ++i) MOE_DISPATCH_CUDA_CHECK(mk::launch_align(p0, plan, stream));
-      cudaGraph_t raw = nullptr;
-      MOE_DISPATCH_CUDA_CHECK(cudaStreamEndCapture(stream, &raw));
-      const md::Graph graph(raw);
-      cudaGraphExec_t exec_raw = nullptr;
-      MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
-      const md::GraphExec exec(exec_raw);
+      const md::GraphExec exec = capture_not_uploaded(
+          [&] {
+            for (int i = 0; i < 100; ++i)
+              MOE_DISPATCH_CUDA_CHECK(mk::launch_align(p0, plan, stream));
+          },
+          stream);
       for (int per : {1, 10}) {
         std::printf("(separate, not uploaded, %d launches per sample: %.2f)\n", per,
                     median_graph_us(exec, 100, per, stream));
@@ -467,6 +479,31 @@ int sweep_state(cudaStream_t stream) {
     for (int k = 0; k < 64; ++k) streams.push_back(md::make_stream());
   }
   measure("after 64 streams created and destroyed");
+  // What slows the later points of dispatch_bench kernels' walk (docs/BENCHMARKS.md, 2026-12-04):
+  // the eager calls at its first two shapes, 3200 align_async() per point on the walk's ids.
+  for (const md::bench::GridShape& g : {md::bench::kGridShapes[0], md::bench::kGridShapes[1]}) {
+    for (const int tokens : md::bench::kGridTokens) {
+      const md::AlignShape shape{g.experts, g.top_k, g.block, false};
+      const mk::AlignPlan plan = mk::plan_align(std::int64_t{tokens} * g.top_k, g.experts, g.block);
+      Point point(g.experts, g.top_k, g.block, tokens, mk::align_scratch_ints(plan, g.experts),
+                  rng);
+      const std::vector<std::int32_t> ids =
+          md::bench::grid_routing(g.experts, g.top_k, g.block, tokens);
+      MOE_DISPATCH_CUDA_CHECK(
+          cudaMemcpy(point.input.get(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+      md::AlignBuffersView view;
+      view.topk_ids = point.input.get();
+      view.num_tokens = point.count.get();
+      view.sorted_token_ids = point.sorted.get();
+      view.expert_ids = point.blocks.get();
+      view.num_tokens_post_pad = point.post.get();
+      view.scratch = point.scratch.get();
+      for (int k = 0; k < 3200; ++k) md::align_async(shape, tokens, view, stream);
+      MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+  }
+  measure("after dispatch_bench's eager calls at its first two shapes (14 x 3200)");
+  measure("again");
   return 0;
 }
 
@@ -520,14 +557,11 @@ int sweep_gap(cudaStream_t stream) {
       view.sorted_token_ids = point.sorted.get();
       view.expert_ids = point.blocks.get();
       view.num_tokens_post_pad = point.post.get();
-      MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-      for (int k = 0; k < 100; ++k) md::align_async(shape, tokens, view, stream);
-      cudaGraph_t raw = nullptr;
-      MOE_DISPATCH_CUDA_CHECK(cudaStreamEndCapture(stream, &raw));
-      const md::Graph graph(raw);
-      cudaGraphExec_t exec_raw = nullptr;
-      MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
-      const md::GraphExec exec(exec_raw);
+      const md::GraphExec exec = capture_not_uploaded(
+          [&] {
+            for (int k = 0; k < 100; ++k) md::align_async(shape, tokens, view, stream);
+          },
+          stream);
       const double public_path = median_graph_us(exec, 100, 10, stream);
       std::printf("| %d | %d | %d | %d | %d | %.2f | %.2f | %.2f | %.2f |\n", s.experts, s.top_k,
                   s.block, tokens, round, own, grid, after_eager, public_path);
