@@ -75,7 +75,8 @@ struct DispatchStage::Impl {
   AlignBuffers main;
   AlignBuffers overflow;  // grown on demand under OverflowPolicy::kEager
   // The overflow buffers the last run wrote, kept when a growth replaced them so that its outputs
-  // stay valid until the next run; freed at the next growth or with the stage.
+  // stay valid until the next run; freed at the next growth that finds them unused, or with the
+  // stage.
   AlignBuffers retired;
   kernels::AlignPlan overflow_plan;
   DeviceBuffer<std::int32_t> expert_map;
@@ -289,13 +290,14 @@ struct DispatchStage::Impl {
   void ensure_overflow(int num_tokens) {
     check_overflow_allowed(num_tokens);
     if (num_tokens <= overflow.max_tokens) return;
+    if (last_run != &retired) retired = AlignBuffers{};  // no view reads them: free them first
     kernels::AlignPlan plan;
     const std::size_t scratch = scratch_ints_for(num_tokens, &plan);
     AlignBuffers grown;
     allocate_buffers(grown, num_tokens, scratch, true);
     clear_input(grown);
     if (last_run == &overflow) {
-      retired = std::move(overflow);  // frees the buffers retired before, which no view uses
+      retired = std::move(overflow);
       last_run = &retired;
     }
     overflow = std::move(grown);
@@ -354,8 +356,9 @@ DispatchStage::DispatchStage(const DispatchConfig& config, std::int32_t* externa
     const std::size_t entries = config.expert_map->global_to_local.size();
     s.expert_map = s.allocate(entries, "expert_map", static_cast<std::int64_t>(entries * 4));
   }
-  // After the buffers: a stream holds device memory of its own, which a construction that fails
-  // for want of memory should not leave behind.
+  // After the buffers: creating a stream takes device memory that destroying it does not give
+  // back at once (2 MiB on the H200), so a construction that fails for want of memory creates
+  // none (reliability_test compares free memory around one).
   s.capture_stream = make_stream();
   // The kernels load input rows up to the bucket's capacity before the count arrives (and ignore
   // the rows past it): start the owned input fully written (-1: no expert) so nothing reads

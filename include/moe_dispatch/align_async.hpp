@@ -39,7 +39,8 @@ std::size_t align_scratch_bytes(const AlignShape& shape, int max_tokens);
 int align_kernel_launches(const AlignShape& shape, int max_tokens);
 
 // Enqueues the alignment of the first *num_tokens rows of topk_ids on `stream`. Throws
-// ArgumentError for a bad shape or null buffer, CudaError for a failed launch.
+// ArgumentError for a bad shape or null buffer, CudaError for a failed launch. A non-sticky error
+// an earlier call left pending on the calling thread is cleared, not reported.
 void align_async(const AlignShape& shape, int max_tokens, const AlignBuffersView& buffers,
                  cudaStream_t stream);
 

@@ -33,7 +33,9 @@
 //   (the message names the call, file and line). After a CudaError that is sticky
 //   (CudaError::sticky()), the CUDA context and this stage are unusable; after any other, the
 //   stage stays usable. A failed capture falls back to eager launches for that bucket (logged
-//   once).
+//   once). A non-sticky error that an earlier call left pending on the calling thread (what
+//   cudaGetLastError() would return) is cleared by the stage's launches, not reported: check
+//   your own calls before calling in.
 // - Lifetime: the stage may be moved freely (its device state does not move, so work already queued
 //   is unaffected); a moved-from stage may only be destroyed or assigned to. The destructor
 //   synchronizes the stage's device (cudaDeviceSynchronize: freeing device memory would wait for
