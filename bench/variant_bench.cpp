@@ -148,6 +148,18 @@ struct Point {
     params = align_params({experts, top_k, block}, tokens, input.get(), count.get(), post.get(),
                           sorted.get(), blocks.get(), scratch.get());
   }
+
+  // The same buffers for align_async(), the count read from `count`.
+  md::AlignBuffersView view() const {
+    md::AlignBuffersView v;
+    v.topk_ids = input.get();
+    v.num_tokens = count.get();
+    v.sorted_token_ids = sorted.get();
+    v.expert_ids = blocks.get();
+    v.num_tokens_post_pad = post.get();
+    v.scratch = scratch.get();
+    return v;
+  }
 };
 
 // variant_bench shapes: every small-variant block and cluster shape that holds the step (with at
@@ -311,6 +323,16 @@ constexpr Probe kProbes[] = {{{256, 8, 64}, 256}, {{128, 8, 64}, 256}, {{64, 2, 
                              {{64, 2, 64}, 1024}, {{8, 2, 64}, 1024},  {{256, 8, 64}, 1},
                              {{128, 8, 64}, 8},   {{256, 8, 64}, 64},  {{256, 8, 64}, 512}};
 
+// Buffers (this tool's ids, drawn from rng) and the planner's plan for each probe.
+void probe_points(const std::vector<Probe>& probes, std::mt19937& rng, std::vector<Point>& points,
+                  std::vector<mk::AlignPlan>& plans) {
+  for (const Probe& pr : probes) {
+    const std::int64_t numel = std::int64_t{pr.tokens} * pr.shape.top_k;
+    plans.push_back(mk::plan_align(numel, pr.shape.experts, pr.shape.block));
+    points.emplace_back(pr.shape.experts, pr.shape.top_k, pr.shape.block, pr.tokens, 0, rng);
+  }
+}
+
 // variant_bench placement: the planner's plan at a few points with the same ids and outputs laid
 // out six ways in device memory, kernel time in a graph of 100 calls (count in device memory) and
 // GPU time per one-node replay (count as a parameter), rounds interleaved.
@@ -433,11 +455,7 @@ int sweep_state(cudaStream_t stream) {
   std::mt19937 rng(21);
   std::vector<Point> points;
   std::vector<mk::AlignPlan> plans;
-  for (const Probe& pr : probes) {
-    const std::int64_t numel = std::int64_t{pr.tokens} * pr.shape.top_k;
-    plans.push_back(mk::plan_align(numel, pr.shape.experts, pr.shape.block));
-    points.emplace_back(pr.shape.experts, pr.shape.top_k, pr.shape.block, pr.tokens, 0, rng);
-  }
+  probe_points(probes, rng, points, plans);
   const auto measure = [&](const char* state) {
     std::printf("| %s |", state);
     for (std::size_t i = 0; i < points.size(); ++i)
@@ -491,13 +509,7 @@ int sweep_state(cudaStream_t stream) {
           md::bench::grid_routing(g.experts, g.top_k, g.block, tokens);
       MOE_DISPATCH_CUDA_CHECK(
           cudaMemcpy(point.input.get(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
-      md::AlignBuffersView view;
-      view.topk_ids = point.input.get();
-      view.num_tokens = point.count.get();
-      view.sorted_token_ids = point.sorted.get();
-      view.expert_ids = point.blocks.get();
-      view.num_tokens_post_pad = point.post.get();
-      view.scratch = point.scratch.get();
+      const md::AlignBuffersView view = point.view();
       for (int k = 0; k < 3200; ++k) md::align_async(shape, tokens, view, stream);
       MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
     }
@@ -519,15 +531,14 @@ int sweep_gap(cudaStream_t stream) {
   std::mt19937 rng(21);
   std::vector<Point> points;
   std::vector<mk::AlignPlan> plans;
+  probe_points(probes, rng, points, plans);
   std::vector<std::vector<std::int32_t>> own_ids, grid_ids;
-  for (const Probe& pr : probes) {
-    const Shape& s = pr.shape;
-    plans.push_back(mk::plan_align(std::int64_t{pr.tokens} * s.top_k, s.experts, s.block));
-    points.emplace_back(s.experts, s.top_k, s.block, pr.tokens, 0, rng);
-    own_ids.emplace_back(points.back().input.size());
-    MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(own_ids.back().data(), points.back().input.get(),
-                                       points.back().input.bytes(), cudaMemcpyDeviceToHost));
-    grid_ids.push_back(md::bench::grid_routing(s.experts, s.top_k, s.block, pr.tokens));
+  for (std::size_t i = 0; i < probes.size(); ++i) {
+    const Shape& s = probes[i].shape;
+    own_ids.emplace_back(points[i].input.size());
+    MOE_DISPATCH_CUDA_CHECK(cudaMemcpy(own_ids.back().data(), points[i].input.get(),
+                                       points[i].input.bytes(), cudaMemcpyDeviceToHost));
+    grid_ids.push_back(md::bench::grid_routing(s.experts, s.top_k, s.block, probes[i].tokens));
   }
   const auto load = [](Point& point, const std::vector<std::int32_t>& ids) {
     MOE_DISPATCH_CUDA_CHECK(
@@ -551,12 +562,7 @@ int sweep_gap(cudaStream_t stream) {
       MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream));
       const double after_eager = graph_us(point.params, plan, stream);
       const md::AlignShape shape{s.experts, s.top_k, s.block, false};
-      md::AlignBuffersView view;
-      view.topk_ids = point.input.get();
-      view.num_tokens = point.count.get();
-      view.sorted_token_ids = point.sorted.get();
-      view.expert_ids = point.blocks.get();
-      view.num_tokens_post_pad = point.post.get();
+      const md::AlignBuffersView view = point.view();
       const md::GraphExec exec = capture_not_uploaded(
           [&] {
             for (int k = 0; k < 100; ++k) md::align_async(shape, tokens, view, stream);
