@@ -162,6 +162,19 @@ struct Point {
   }
 };
 
+// How `variant_bench shapes` marks a clustered shape's exchange ("" for the cluster barrier).
+const char* exchange_suffix(mk::ClusterExchange exchange) {
+  switch (exchange) {
+    case mk::ClusterExchange::kFenced:
+      return " (fenced)";
+    case mk::ClusterExchange::kDisjoint:
+      return " (disjoint)";
+    case mk::ClusterExchange::kBarrier:
+      break;
+  }
+  return "";
+}
+
 // variant_bench shapes: every small-variant block and cluster shape that holds the step (with at
 // most four times its slots), per shape and slot count: kernel time in a graph of 100 calls
 // (count in device memory) and GPU time per one-node replay (count as a parameter).
@@ -177,10 +190,11 @@ int sweep_small_shapes(cudaStream_t stream) {
       for (const mk::SmallShape& shape : mk::kSmallShapes) {
         if (shape.capacity() < numel || shape.capacity() > 4 * numel) continue;
         const mk::AlignPlan plan = mk::small_plan(numel, s.experts, s.block, shape);
-        std::printf("| %d | %d | %d | %lld | %d x %d x %d%s%s | %d | %.2f | %.2f |\n", s.experts,
+        std::printf("| %d | %d | %d | %lld | %d x %d x %d%s%s%s | %d | %.2f | %.2f |\n", s.experts,
                     s.top_k, s.block, static_cast<long long>(numel), shape.threads, shape.items,
                     shape.cluster, shape.fill > 0 ? " + fill " : "",
-                    shape.fill > 0 ? std::to_string(shape.fill).c_str() : "", plan.grid,
+                    shape.fill > 0 ? std::to_string(shape.fill).c_str() : "",
+                    exchange_suffix(shape.exchange), plan.grid,
                     graph_us(point.params, plan, stream),
                     replay_us(with_host_count(point.params, tokens), plan, stream));
       }
@@ -214,6 +228,46 @@ int sweep_planned(cudaStream_t stream) {
                   plan.items, plan.cluster, plan.fill_threads, plan.grid, plan.kernels,
                   graph_us(point.params, plan, stream),
                   replay_us(with_host_count(point.params, tokens), plan, stream));
+    }
+  }
+  return 0;
+}
+
+// variant_bench exchange: the planner's clustered small plans with each way the blocks of a
+// cluster exchange their totals (mk::ClusterExchange), kernel time in a graph of 100 calls (count
+// in device memory) and GPU time per one-node replay (count as a kernel parameter), in two rounds.
+int sweep_exchanges(cudaStream_t stream) {
+  const std::int64_t numels[] = {1024, 2048, 4096, 8192, 16384};
+  constexpr mk::ClusterExchange kExchanges[] = {
+      mk::ClusterExchange::kBarrier, mk::ClusterExchange::kFenced, mk::ClusterExchange::kDisjoint};
+  std::mt19937 rng(23);
+  std::printf(
+      "| E | top_k | B | numel | threads x items x cluster | round | barrier µs | fenced µs | "
+      "disjoint µs | barrier replay µs | fenced replay µs | disjoint replay µs |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const Shape& s : kSweepShapes) {
+    for (const std::int64_t numel : numels) {
+      if (numel % s.top_k != 0) continue;
+      const mk::AlignPlan planned = mk::plan_align(numel, s.experts, s.block);
+      if (planned.variant != mk::AlignVariant::kSmall || planned.cluster == 1) continue;
+      const int tokens = static_cast<int>(numel / s.top_k);
+      Point point(s.experts, s.top_k, s.block, tokens, 0, rng);
+      for (int round = 1; round <= 2; ++round) {
+        double kernel[std::size(kExchanges)];
+        double replay[std::size(kExchanges)];
+        for (std::size_t i = 0; i < std::size(kExchanges); ++i) {
+          mk::AlignPlan plan = planned;
+          plan.exchange = kExchanges[i];
+          kernel[i] = graph_us(point.params, plan, stream);
+          replay[i] = replay_us(with_host_count(point.params, tokens), plan, stream);
+        }
+        std::printf(
+            "| %d | %d | %d | %lld | %d x %d x %d | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f "
+            "|\n",
+            s.experts, s.top_k, s.block, static_cast<long long>(numel), planned.threads,
+            planned.items, planned.cluster, round, kernel[0], kernel[1], kernel[2], replay[0],
+            replay[1], replay[2]);
+      }
     }
   }
   return 0;
@@ -577,17 +631,19 @@ int sweep_gap(cudaStream_t stream) {
 }
 }  // namespace
 
-// Usage: variant_bench [E TOP_K B TOKENS | shapes | planned | placement | state | gap | large |
-// grids [E TOP_K B]]  (one point, e.g. under a profiler; the small variant's shapes; the planner's
-// plans; the planner's plans over six layouts of their buffers, after what a benchmark process
-// does before, and each way dispatch_bench's graph column differs from this tool's; the large
-// variant's two- and three-kernel forms; the one-kernel plans' grids per
-// replay, for every shape or one; default: the crossover grid)
+// Usage: variant_bench [E TOP_K B TOKENS | shapes | planned | exchange | placement | state | gap |
+// large | grids [E TOP_K B]]  (one point, e.g. under a profiler; the small variant's shapes; the
+// planner's plans; the planner's clustered plans with each exchange; the planner's plans over six
+// layouts of their buffers, after what a benchmark process does before, and each way
+// dispatch_bench's graph column differs from this tool's; the large variant's two- and three-kernel
+// forms; the one-kernel plans' grids per replay, for every shape or one; default: the crossover
+// grid)
 int main(int argc, char** argv) {
   const auto usage = [] {
     std::fprintf(
         stderr,
-        "usage: variant_bench [E TOP_K B TOKENS | shapes | planned | placement | state | gap | "
+        "usage: variant_bench [E TOP_K B TOKENS | shapes | planned | exchange | placement | "
+        "state | gap | "
         "large | "
         "grids [E TOP_K B]] "
         "(positive integers)\n");
@@ -608,9 +664,10 @@ int main(int argc, char** argv) {
   const struct {
     const char* name;
     int (*sweep)(cudaStream_t);
-  } sweeps[] = {
-      {"shapes", sweep_small_shapes}, {"planned", sweep_planned}, {"placement", sweep_placement},
-      {"state", sweep_state},         {"gap", sweep_gap},         {"large", sweep_large_kernels}};
+  } sweeps[] = {{"shapes", sweep_small_shapes}, {"planned", sweep_planned},
+                {"exchange", sweep_exchanges},  {"placement", sweep_placement},
+                {"state", sweep_state},         {"gap", sweep_gap},
+                {"large", sweep_large_kernels}};
   for (const auto& mode : sweeps) {
     if (argc == 2 && std::string(argv[1]) == mode.name) {
       const md::Stream stream = md::make_stream();

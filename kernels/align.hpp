@@ -49,6 +49,19 @@ enum class AlignVariant {
            // totals and writes its chunk and share)
 };
 
+// How the blocks of a small-variant cluster exchange their per-expert totals (docs/KERNELS.md,
+// "The exchange").
+enum class ClusterExchange {
+  kBarrier,   // remote stores, then a cluster barrier (release and acquire) that every block waits
+              // for; the fill of the owned blocks before it
+  kFenced,    // asynchronous remote stores that complete on the destination block's mbarrier, which
+              // each block waits on alone; a cluster-scope fence before them releases the fill of
+              // the owned blocks before it
+  kDisjoint,  // the same stores without the fence: no block writes an entry that another block
+              // of the cluster writes (the fill of the padding and the unused entries after the
+              // scan)
+};
+
 // Launch shape of one alignment; a function of (max numel, E, B) only.
 struct AlignPlan {
   AlignVariant variant = AlignVariant::kSmall;
@@ -56,6 +69,7 @@ struct AlignPlan {
   int fill_threads = 0;  // small variant: threads per block after them that only fill
   int items = 0;         // slots per thread (each warp owns 32 * items consecutive slots)
   int cluster = 1;       // blocks per thread-block cluster (large: of the count kernel)
+  ClusterExchange exchange = ClusterExchange::kBarrier;  // small variant in clusters
   int grid = 1;        // blocks (large variant: of the count kernel, one per chunk, whole clusters)
   int write_grid = 1;  // large variant: blocks of the scatter kernel (at least grid)
   std::size_t shared_bytes = 0;  // dynamic shared memory per block

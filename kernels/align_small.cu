@@ -18,6 +18,7 @@
 #include "kernels/align.hpp"
 #include "kernels/align_device.cuh"
 #include "kernels/align_variants.hpp"
+#include "kernels/cluster_exchange.cuh"
 
 namespace moe_dispatch::kernels {
 namespace {
@@ -34,19 +35,26 @@ __host__ __device__ constexpr int cluster_row(int num_experts) { return (num_exp
 // cluster_counts[kClusterBlocks][cluster_row(E)] (16-bit), then one row of 16-bit counters per
 // warp.
 // Barriers: rows complete -> (clusters: block totals complete in the cluster) -> (segment scan's
-// own) -> segment starts complete. The first barrier (the cluster barrier in a cluster, with its
-// default release and acquire) also orders the fill of the owned blocks before any write over
-// them: keep the fill above it.
+// own) -> segment starts complete. Outside a cluster the first barrier also orders the fill of the
+// owned blocks before any write over them; in a cluster the exchange does (kBarrier: the cluster
+// barrier's default release and acquire; kFenced: the fence before the remote stores and the
+// acquire of the wait for them): keep the fill above it. With kDisjoint no entry is written twice.
 // kThreads threads rank (kItems slots each); kFillThreads more (whole warps, after them) only fill
 // the owned blocks while the others rank, then take part in the scan.
-template <int kThreads, int kItems, int kClusterBlocks, int kFillThreads>
+template <int kThreads, int kItems, int kClusterBlocks, int kFillThreads, ClusterExchange kExchange>
 __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(const AlignParams p) {
   constexpr int kWarps = kThreads / kWarp;  // ranking warps
   constexpr int kBlockThreads = kThreads + kFillThreads;
   constexpr int kLast = kBlockThreads - 1;  // the thread that sums and writes the counters
   constexpr bool kClustered = kClusterBlocks > 1;
+  // The exchange completes on an mbarrier in each block (kFenced, kDisjoint).
+  constexpr bool kAsyncExchange = kClustered && kExchange != ClusterExchange::kBarrier;
+  // Each block's fill of the cluster's output blocks waits for the scan (kDisjoint).
+  constexpr bool kLateFill = kClustered && kExchange == ClusterExchange::kDisjoint;
   static_assert(kFillThreads % kWarp == 0 && (kFillThreads == 0 || !kClustered),
                 "fill threads come in whole warps, in one-block shapes");
+  static_assert(kClustered || kExchange == ClusterExchange::kBarrier,
+                "one-block shapes exchange nothing");
   extern __shared__ int4 shared_raw[];
   int* starts = reinterpret_cast<int*>(shared_raw);  // each expert's first block
   // In a cluster: the slots of each expert in the cluster's earlier blocks, and every block's
@@ -60,6 +68,7 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
   __shared__ ScanStorage<kBlockThreads> scan_temp;
   __shared__ int warp_invalid[kWarps];
   __shared__ int cluster_invalid[kClusterBlocks];  // block 0's: each block's invalid ids
+  __shared__ std::uint64_t exchange_barrier;       // the other blocks' rows (kAsyncExchange)
 
   // The blocks of a cluster split the slots: block `member` ranks the member-th share.
   const int member = static_cast<int>(blockIdx.x) % kClusterBlocks;
@@ -75,9 +84,19 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
   // (the zeroing needs neither; measured against zeroing after the fill, docs/KERNELS.md: less
   // kernel time at every clustered point, level or more in the one-block shapes, which zero after
   // it). Distributed shared memory may be written only once every block of the cluster runs: each
-  // block arrives meanwhile too and waits before its first remote store.
+  // block arrives meanwhile too and waits before its first remote store; with an asynchronous
+  // exchange its mbarrier is set up before, to expect the bytes the other blocks send it: their
+  // rows, and in block 0 their invalid ids.
   std::uint16_t* row = rows + warp * row_stride(p.num_experts);
   const OneKernelStart<kItems> start(p, first, [&] {
+    if constexpr (kAsyncExchange) {
+      if (threadIdx.x == 0) {
+        const int bytes =
+            (kClusterBlocks - 1) * (cluster_stride * static_cast<int>(sizeof(std::uint16_t)) +
+                                    (member == 0 ? static_cast<int>(sizeof(int)) : 0));
+        expect_bytes(&exchange_barrier, static_cast<std::uint32_t>(bytes));
+      }
+    }
     if constexpr (kClustered) {
       __cluster_barrier_arrive_relaxed();
       zero_warp_row<true>(row, p.num_experts);
@@ -87,10 +106,11 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
 
   // This cluster's output blocks take -1 and the sentinel while the ids arrive; the slots and the
   // used blocks among them are written over after the scan (the barriers below order the two).
+  // With kDisjoint only what lies after the scan's result, after the scan.
   const OwnedBlocks own(p, cluster_index, start.extent, start.extent_blocks);
   if constexpr (kFillThreads > 0) {
     if (!ranks) own.prefill(p, numel, static_cast<int>(threadIdx.x) - kThreads, kFillThreads);
-  } else {
+  } else if constexpr (!kLateFill) {
     own.prefill(p, numel, member * kThreads + static_cast<int>(threadIdx.x),
                 kClusterBlocks * kThreads);
   }
@@ -131,9 +151,9 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
       // The blocks exchange their totals through distributed shared memory: each block writes its
       // row of 16-bit totals (with its padding, up to cluster_stride <= kBlockThreads * kPer) and
       // copies it into every other block in 16-byte stores (warp w to block w % kClusterBlocks)
-      // before the cluster barrier; then each thread sums its experts over the local rows.
-      // Measured against remote loads after the barrier and against a 32-bit store per expert
-      // and block: docs/KERNELS.md.
+      // before the cluster barrier (kBarrier) or onto the destination's mbarrier; then each
+      // thread sums its experts over the local rows. Measured against remote loads after the
+      // barrier and against a 32-bit store per expert and block: docs/KERNELS.md.
       std::uint16_t* own_row = cluster_counts + member * cluster_stride;
 #pragma unroll
       for (int i = 0; i < kPer; ++i) {
@@ -143,9 +163,11 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
       static_assert(kWarps % kClusterBlocks == 0, "every block of the cluster needs a sender");
       static_assert(kThreads * kItems <= 0xffff, "a block's totals must fit 16 bits");
       namespace cg = cooperative_groups;
-      const cg::cluster_group cluster = cg::this_cluster();
       __cluster_barrier_wait();  // every block of the cluster runs
-      __syncthreads();           // this block's row complete
+      __syncthreads();           // this block's row complete (and its fill, for kFenced)
+      // The fill reaches the blocks that receive this block's rows before they do (cumulative:
+      // the barrier above orders every thread's fill before the fence).
+      if constexpr (kExchange == ClusterExchange::kFenced) fence_cluster();
       {
         constexpr int kSenders = kWarps / kClusterBlocks;  // warps per destination
         const int destination = warp % kClusterBlocks;
@@ -153,19 +175,44 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
         if (destination != member) {
           const auto* from =
               reinterpret_cast<const int4*>(cluster_counts + member * cluster_stride);
-          int4* to = reinterpret_cast<int4*>(
-              cluster.map_shared_rank(cluster_counts + member * cluster_stride, destination));
+          if constexpr (kAsyncExchange) {
+            const std::uint32_t to = remote_address(
+                shared_address(cluster_counts + member * cluster_stride), destination);
+            const std::uint32_t arrival =
+                remote_address(shared_address(&exchange_barrier), destination);
 #pragma unroll 1
-          for (int q = warp / kClusterBlocks * kWarp + lane; q < quads; q += kSenders * kWarp)
-            to[q] = from[q];
+            for (int q = warp / kClusterBlocks * kWarp + lane; q < quads; q += kSenders * kWarp)
+              store_remote(to + q * static_cast<int>(sizeof(int4)), from[q], arrival);
+          } else {
+            int4* to = reinterpret_cast<int4*>(cg::this_cluster().map_shared_rank(
+                cluster_counts + member * cluster_stride, destination));
+#pragma unroll 1
+            for (int q = warp / kClusterBlocks * kWarp + lane; q < quads; q += kSenders * kWarp)
+              to[q] = from[q];
+          }
         }
       }
-      if (threadIdx.x == kLast)
-        *cluster.map_shared_rank(cluster_invalid + member, 0) = total_invalid;
-      // Every block's rows complete in every block, and every block's fill of the cluster's output
-      // blocks visible (release and acquire: not a relaxed arrive). No shared memory of another
-      // block is touched after it, so no block waits for the others before it exits.
-      cluster.sync();
+      if (threadIdx.x == kLast) {
+        if constexpr (!kAsyncExchange) {
+          *cg::this_cluster().map_shared_rank(cluster_invalid + member, 0) = total_invalid;
+        } else if (member == 0) {
+          cluster_invalid[0] = total_invalid;
+        } else {
+          store_remote(remote_address(shared_address(cluster_invalid + member), 0), total_invalid,
+                       remote_address(shared_address(&exchange_barrier), 0));
+        }
+      }
+      if constexpr (kAsyncExchange) {
+        // Every other block's row (and in block 0 their invalid ids) landed in this block, with
+        // their fill before (kFenced). A block that passes this wait receives nothing more, and
+        // sends from its registers only, so it may exit before the others.
+        wait_bytes(&exchange_barrier);
+      } else {
+        // Every block's rows complete in every block, and every block's fill of the cluster's
+        // output blocks visible (release and acquire: not a relaxed arrive). No shared memory of
+        // another block is touched after it, so no block waits for the others before it exits.
+        cg::this_cluster().sync();
+      }
       if (blockIdx.x == 0 && threadIdx.x == kLast) {
         total_invalid = 0;
 #pragma unroll
@@ -221,17 +268,26 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
       const int e = first_expert + i;
-      if (count[i] != 0 && (!kClustered || e % kClusterBlocks == member))
+      if (count[i] != 0 && (!kClustered || e % kClusterBlocks == member)) {
         own.write_segment_blocks(p, segment_start[i], blocks[i], block_owner(p, e));
+        if constexpr (kLateFill) {
+          own.fill_padding(p, segment_start[i] * p.block_size + count[i],
+                           (segment_start[i] + blocks[i]) * p.block_size, numel);
+        }
+      }
+    }
+    if constexpr (kLateFill) {
+      own.fill_unused(p, used_blocks, numel, member * kThreads + static_cast<int>(threadIdx.x),
+                      kClusterBlocks * kThreads);
     }
   };
   with_experts_per_thread<1, experts_per_thread_bound(kBlockThreads, kSmallMaxExperts)>(
       p.num_experts, kBlockThreads, scan_and_write);
 }
 
-template <int kThreads, int kItems, int kClusterBlocks, int kFillThreads>
+template <int kThreads, int kItems, int kClusterBlocks, int kFillThreads, ClusterExchange kExchange>
 cudaError_t launch_shape(const AlignParams& params, const AlignPlan& plan, cudaStream_t stream) {
-  const auto kernel = align_small_kernel<kThreads, kItems, kClusterBlocks, kFillThreads>;
+  const auto kernel = align_small_kernel<kThreads, kItems, kClusterBlocks, kFillThreads, kExchange>;
   constexpr int kBlockThreads = kThreads + kFillThreads;
   const cudaError_t attr = allow_shared_memory(kernel, plan.shared_bytes);
   if (attr != cudaSuccess) return attr;
@@ -252,8 +308,9 @@ cudaError_t launch_any_shape(const AlignParams& params, const AlignPlan& plan, c
   const auto try_shape = [&](auto index) {
     constexpr SmallShape s = kSmallShapes[decltype(index)::value];
     if (plan.threads == s.threads && plan.items == s.items && plan.cluster == s.cluster &&
-        plan.fill_threads == s.fill) {
-      status = launch_shape<s.threads, s.items, s.cluster, s.fill>(params, plan, stream);
+        plan.fill_threads == s.fill && plan.exchange == s.exchange) {
+      status =
+          launch_shape<s.threads, s.items, s.cluster, s.fill, s.exchange>(params, plan, stream);
       return true;
     }
     return false;
@@ -272,6 +329,7 @@ AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size,
   plan.items = shape.items;
   plan.cluster = shape.cluster;
   plan.fill_threads = shape.fill;
+  plan.exchange = shape.exchange;
   const std::int64_t entries = max_numel + std::int64_t{num_experts} * block_size;
   const bool clustered = shape.cluster > 1;
   const int grid = clustered ? write_blocks(entries, kMaxClusteredGrid, kClusteredEntriesPerBlock)

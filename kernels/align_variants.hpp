@@ -20,17 +20,69 @@ struct SmallShape {
   int items;     // slots per thread
   int cluster;   // blocks per cluster (1: no cluster, each block ranks all slots)
   int fill = 0;  // threads per block (whole warps, one-block shapes only) that only fill
+  ClusterExchange exchange = ClusterExchange::kBarrier;  // clustered shapes only
   constexpr std::int64_t capacity() const { return std::int64_t{threads} * items * cluster; }
 };
+inline constexpr ClusterExchange kFenced = ClusterExchange::kFenced;
+inline constexpr ClusterExchange kDisjoint = ClusterExchange::kDisjoint;
 // Every shape the kernel is built for: the planner's, and the others variant_bench
-// compares them with.
-inline constexpr SmallShape kSmallShapes[] = {
-    {128, 1, 1},      {128, 1, 1, 64}, {128, 1, 1, 128}, {128, 2, 1, 64},  {128, 2, 1, 128},
-    {128, 2, 1, 256}, {256, 2, 1},     {256, 2, 1, 128}, {256, 2, 1, 256}, {256, 4, 1},
-    {256, 4, 1, 256}, {512, 4, 1},     {1024, 4, 1},     {1024, 8, 1},     {1024, 16, 1},
-    {256, 1, 4},      {128, 2, 4},     {256, 2, 4},      {256, 4, 4},      {256, 1, 8},
-    {256, 2, 8},      {512, 1, 8},     {512, 2, 8},      {256, 4, 8},      {512, 4, 8},
-    {256, 8, 8}};
+// compares them with (the planner's clustered shapes with each other exchange among them).
+inline constexpr SmallShape kSmallShapes[] = {{128, 1, 1},
+                                              {128, 1, 1, 64},
+                                              {128, 1, 1, 128},
+                                              {128, 2, 1, 64},
+                                              {128, 2, 1, 128},
+                                              {128, 2, 1, 256},
+                                              {256, 2, 1},
+                                              {256, 2, 1, 128},
+                                              {256, 2, 1, 256},
+                                              {256, 4, 1},
+                                              {256, 4, 1, 256},
+                                              {512, 4, 1},
+                                              {1024, 4, 1},
+                                              {1024, 8, 1},
+                                              {1024, 16, 1},
+                                              {256, 1, 4},
+                                              {128, 2, 4},
+                                              {256, 2, 4},
+                                              {256, 4, 4},
+                                              {256, 1, 8},
+                                              {256, 2, 8},
+                                              {512, 1, 8},
+                                              {512, 2, 8},
+                                              {256, 4, 8},
+                                              {512, 4, 8},
+                                              {256, 8, 8},
+                                              {128, 2, 4, 0, kFenced},
+                                              {256, 1, 4, 0, kFenced},
+                                              {256, 2, 4, 0, kFenced},
+                                              {256, 1, 8, 0, kFenced},
+                                              {256, 2, 8, 0, kFenced},
+                                              {256, 4, 8, 0, kFenced},
+                                              {256, 8, 8, 0, kFenced},
+                                              {512, 1, 8, 0, kFenced},
+                                              {512, 2, 8, 0, kFenced},
+                                              {512, 4, 8, 0, kFenced},
+                                              {128, 2, 4, 0, kDisjoint},
+                                              {256, 1, 4, 0, kDisjoint},
+                                              {256, 2, 4, 0, kDisjoint},
+                                              {256, 1, 8, 0, kDisjoint},
+                                              {256, 2, 8, 0, kDisjoint},
+                                              {256, 4, 8, 0, kDisjoint},
+                                              {256, 8, 8, 0, kDisjoint},
+                                              {512, 1, 8, 0, kDisjoint},
+                                              {512, 2, 8, 0, kDisjoint},
+                                              {512, 4, 8, 0, kDisjoint}};
+// Every planner rule's clustered shape is built with each exchange (variant_bench exchange
+// compares them at the planner's points).
+constexpr bool built(SmallShape shape) {
+  for (const SmallShape& s : kSmallShapes) {
+    if (s.threads == shape.threads && s.items == shape.items && s.cluster == shape.cluster &&
+        s.fill == shape.fill && s.exchange == shape.exchange)
+      return true;
+  }
+  return false;
+}
 // The planner's shape for steps of up to max_numel slots over up to max_experts experts (the first
 // rule that holds).
 struct SmallShapeRule {
@@ -106,6 +158,18 @@ constexpr bool small_rules_hold_their_steps() {
   return true;
 }
 static_assert(small_rules_hold_their_steps());
+constexpr bool small_rules_are_built() {
+  for (SmallShapeRule rule : kSmallShapeRules) {
+    if (!built(rule.shape)) return false;
+    if (rule.shape.cluster == 1) continue;
+    for (const ClusterExchange exchange : {kFenced, kDisjoint}) {
+      rule.shape.exchange = exchange;
+      if (!built(rule.shape)) return false;
+    }
+  }
+  return true;
+}
+static_assert(small_rules_are_built());
 
 // Shapes of the large variant, for steps of up to max_numel slots over up to max_experts experts
 // (the first rule that holds; past them all, 8 slots per thread and 3 kernels, which E 257-1024

@@ -279,8 +279,9 @@ TEST_CASE("the small variant is exact in every block and cluster shape it is bui
           const Routing routing = routings[static_cast<std::size_t>(checked) % 5];
           h.use_parameter_count(checked % 2 == 1);
           INFO("shape " << shape.threads << " x " << shape.items << " x " << shape.cluster << " + "
-                        << shape.fill << ", E " << experts << ", B " << block << ", tokens "
-                        << tokens << ", " << std::string(md::test::to_string(routing)));
+                        << shape.fill << ", exchange " << static_cast<int>(shape.exchange) << ", E "
+                        << experts << ", B " << block << ", tokens " << tokens << ", "
+                        << std::string(md::test::to_string(routing)));
           const std::string diff =
               h.check(md::test::make_routing(routing, tokens, top_k, experts, rng));
           CHECK_MESSAGE(diff.empty(), diff);
