@@ -33,6 +33,7 @@ step serving_loop_gpu "$bin/serving_loop" --backend gpu --steps 2000 --check-eve
 if [ "$mode" = full ]; then
   step sanitizers bash "$here/tests/run_sanitizers.sh" "$bin" "$out"
   step variant_bench "$bin/variant_bench"
+  step variant_bench_exchange "$bin/variant_bench" exchange
   step floor_bench "$bin/floor_bench"
   step bench_kernels "$bin/dispatch_bench" kernels --json "$out/bench_kernels.json" --md "$out/bench_kernels.md"
   step bench_stage_default "$bin/dispatch_bench" stage "$here/configs/default.yaml" --json "$out/bench_stage_default.json" --md "$out/bench_stage_default.md"
