@@ -390,7 +390,9 @@ struct UnusedTail {
 // blocks (-1 in expert_ids, the sentinel in their sorted_token_ids entries) while it ranks, then
 // overwrites the slots and used blocks that fall in them, so the padding and the unused blocks
 // need no pass of their own after the scan. Only the owner writes its entries, and a barrier of
-// the owner (block or cluster) lies between its two writes, so the second one wins.
+// the owner (block or cluster) or the cluster's exchange lies between its two writes, so the
+// second one wins. A cluster with ClusterExchange::kDisjoint fills after the scan instead
+// (fill_padding, fill_unused), only what the slots and segments leave.
 struct OwnedBlocks {
   int first;
   int end;

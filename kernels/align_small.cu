@@ -7,7 +7,8 @@
 // (measured: 8192 scattered slots took ~20 us on one SM of the H100), while the counting it
 // repeats is cheap at these sizes. In a cluster each block ranks its share of the slots, and the
 // blocks exchange their per-expert totals through distributed shared memory (remote stores, then
-// one cluster barrier), so the serial ranking walk per block shrinks with the cluster; a one-block
+// one cluster barrier, or ClusterExchange's other forms), so the serial ranking walk per block
+// shrinks with the cluster; a one-block
 // shape may add warps that only fill while the others rank. The kernel is latency-bound;
 // docs/KERNELS.md lists what it keeps off its critical path.
 #include <cooperative_groups.h>
@@ -105,8 +106,8 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
   const int numel = start.numel;
 
   // This cluster's output blocks take -1 and the sentinel while the ids arrive; the slots and the
-  // used blocks among them are written over after the scan (the barriers below order the two).
-  // With kDisjoint only what lies after the scan's result, after the scan.
+  // used blocks among them are written over after the scan (the barrier or exchange below orders
+  // the two). With kDisjoint a cluster fills only what the scan leaves, after it.
   const OwnedBlocks own(p, cluster_index, start.extent, start.extent_blocks);
   if constexpr (kFillThreads > 0) {
     if (!ranks) own.prefill(p, numel, static_cast<int>(threadIdx.x) - kThreads, kFillThreads);
