@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "moe_dispatch/align.hpp"
 #include "moe_dispatch/config.hpp"
 #include "moe_dispatch/errors.hpp"
 
@@ -83,21 +84,15 @@ void check_buckets(const std::vector<int>& buckets) {
 // buckets count tokens per rank and the stage that aligns is the local one, which may receive a
 // row from every rank for each token: world_size * bucket rows.
 void check_capacity(const DispatchConfig& cfg) {
-  const std::int64_t experts = cfg.num_experts;
-  const std::int64_t block = cfg.block_size;
   const std::int64_t top_k = cfg.top_k;
   const std::int64_t ranks = cfg.expert_parallel ? cfg.expert_parallel->world_size : 1;
   const std::int64_t largest = cfg.buckets.back();
   const std::int64_t numel = largest * ranks * top_k;
-  std::int64_t capacity = numel + experts * (block - 1);
-  std::int64_t limit = kMaxNumel;
-  if (cfg.pad_sorted_ids) {
-    capacity = (capacity + block - 1) / block * block;
-    limit = kMaxNumel / block * block;
-  }
+  const AlignShape align_shape = shape_of(cfg);
+  const std::int64_t capacity = sorted_capacity(align_shape, numel);
   if (capacity <= kMaxNumel) return;
   const std::int64_t max_bucket =
-      std::max<std::int64_t>(0, (limit - experts * (block - 1)) / (top_k * ranks));
+      std::max<std::int64_t>(0, max_numel_within_limit(align_shape) / (top_k * ranks));
   std::string problem = "largest bucket " + std::to_string(largest);
   std::string shape = "num_experts, top_k, block_size and pad_sorted_ids";
   if (cfg.expert_parallel) {

@@ -274,10 +274,7 @@ struct DispatchStage::Impl {
     }
     const std::int64_t capacity = sorted_capacity(shape, std::int64_t{num_tokens} * config.top_k);
     if (capacity > kMaxNumel) {
-      const std::int64_t limit =
-          config.pad_sorted_ids ? kMaxNumel / config.block_size * config.block_size : kMaxNumel;
-      const std::int64_t largest =
-          (limit - std::int64_t{config.num_experts} * (config.block_size - 1)) / config.top_k;
+      const std::int64_t largest = max_numel_within_limit(shape) / config.top_k;
       throw ArgumentError("DispatchStage: " + count_text(num_tokens) +
                           " tokens need a sorted_token_ids capacity of " +
                           std::to_string(capacity) + ", above the kernels' limit of " +

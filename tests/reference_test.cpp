@@ -670,6 +670,27 @@ TEST_CASE("numel kMaxNumel is accepted and one row more is an ArgumentError") {
   }
 }
 
+TEST_CASE("max_numel_within_limit is the last numel whose sorted capacity fits kMaxNumel") {
+  int checked = 0;
+  for (const int experts : {1, 8, 256, 1024, 4096}) {
+    for (const int block : {1, 2, 3, 64, 100, 128, 1024}) {
+      for (const bool pad : {false, true}) {
+        const AlignShape shape{experts, 1, block, pad};
+        const std::int64_t most = moe_dispatch::max_numel_within_limit(shape);
+        INFO("E " << experts << ", B " << block << ", pad " << pad);
+        REQUIRE(most > 0);
+        CHECK(moe_dispatch::sorted_capacity(shape, most) <= moe_dispatch::kMaxNumel);
+        CHECK(moe_dispatch::sorted_capacity(shape, most + 1) > moe_dispatch::kMaxNumel);
+        ++checked;
+      }
+    }
+  }
+  CHECK(checked == 70);
+  // With E * (B - 1) = kMaxNumel only zero slots fit; past it not even those.
+  CHECK(moe_dispatch::max_numel_within_limit(AlignShape{1 << 24, 1, 2, false}) == 0);
+  CHECK(moe_dispatch::max_numel_within_limit(AlignShape{(1 << 24) + 1, 1, 2, false}) < 0);
+}
+
 TEST_CASE("small random shapes match the oracle exhaustively") {
   std::mt19937 rng(17);
   int compared = 0;

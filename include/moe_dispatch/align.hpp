@@ -23,6 +23,14 @@ inline std::int64_t sorted_capacity(const AlignShape& s, std::int64_t numel) {
   return s.pad_sorted_ids ? (cap + s.block_size - 1) / s.block_size * s.block_size : cap;
 }
 
+// The most slots whose sorted_capacity stays within kMaxNumel (the kernels' 32-bit offsets):
+// kMaxNumel - E*(B-1), with kMaxNumel rounded down to a multiple of B when pad_sorted_ids.
+// Negative when not even zero slots fit.
+inline std::int64_t max_numel_within_limit(const AlignShape& s) {
+  const std::int64_t limit = s.pad_sorted_ids ? kMaxNumel / s.block_size * s.block_size : kMaxNumel;
+  return limit - std::int64_t{s.num_experts} * (s.block_size - 1);
+}
+
 // Entries of expert_ids defined for `numel` slots: ceil(sorted_capacity / B).
 inline std::int64_t expert_ids_capacity(const AlignShape& s, std::int64_t numel) {
   return (sorted_capacity(s, numel) + s.block_size - 1) / s.block_size;
