@@ -165,6 +165,8 @@ struct Point {
 // How `variant_bench shapes` marks a clustered shape's exchange ("" for the cluster barrier).
 const char* exchange_suffix(mk::ClusterExchange exchange) {
   switch (exchange) {
+    case mk::ClusterExchange::kReleased:
+      return " (released)";
     case mk::ClusterExchange::kFenced:
       return " (fenced)";
     case mk::ClusterExchange::kDisjoint:
@@ -239,12 +241,13 @@ int sweep_planned(cudaStream_t stream) {
 int sweep_exchanges(cudaStream_t stream) {
   const std::int64_t numels[] = {1024, 2048, 4096, 8192, 16384};
   constexpr mk::ClusterExchange kExchanges[] = {
-      mk::ClusterExchange::kBarrier, mk::ClusterExchange::kFenced, mk::ClusterExchange::kDisjoint};
+      mk::ClusterExchange::kBarrier, mk::ClusterExchange::kReleased, mk::ClusterExchange::kFenced,
+      mk::ClusterExchange::kDisjoint};
   std::mt19937 rng(23);
   std::printf(
-      "| E | top_k | B | numel | threads x items x cluster | round | barrier µs | fenced µs | "
-      "disjoint µs | barrier replay µs | fenced replay µs | disjoint replay µs |\n"
-      "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+      "| E | top_k | B | numel | threads x items x cluster | round | barrier µs | released µs | "
+      "fenced µs | disjoint µs | barrier replay µs | released replay µs | fenced replay µs | "
+      "disjoint replay µs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Shape& s : kSweepShapes) {
     for (const std::int64_t numel : numels) {
       if (numel % s.top_k != 0) continue;
@@ -261,12 +264,12 @@ int sweep_exchanges(cudaStream_t stream) {
           kernel[i] = graph_us(point.params, plan, stream);
           replay[i] = replay_us(with_host_count(point.params, tokens), plan, stream);
         }
-        std::printf(
-            "| %d | %d | %d | %lld | %d x %d x %d | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f "
-            "|\n",
-            s.experts, s.top_k, s.block, static_cast<long long>(numel), planned.threads,
-            planned.items, planned.cluster, round, kernel[0], kernel[1], kernel[2], replay[0],
-            replay[1], replay[2]);
+        std::printf("| %d | %d | %d | %lld | %d x %d x %d | %d |", s.experts, s.top_k, s.block,
+                    static_cast<long long>(numel), planned.threads, planned.items, planned.cluster,
+                    round);
+        for (const double us : kernel) std::printf(" %.2f |", us);
+        for (const double us : replay) std::printf(" %.2f |", us);
+        std::printf("\n");
       }
     }
   }

@@ -54,12 +54,12 @@ enum class AlignVariant {
 enum class ClusterExchange {
   kBarrier,   // remote stores, then a cluster barrier (release and acquire) that every block waits
               // for; the fill of the owned blocks before it
-  kFenced,    // asynchronous remote stores that complete on the destination block's mbarrier, which
-              // each block waits on alone; a cluster-scope fence before them releases the fill of
-              // the owned blocks before it
-  kDisjoint,  // the same stores without the fence: no block writes an entry that another block
-              // of the cluster writes (the fill of the padding and the unused entries after the
-              // scan)
+  kReleased,  // asynchronous remote stores (st.async) that complete on the destination block's
+              // mbarrier, which each block waits on alone; the release that the PTX ISA gives
+              // their completion orders the fill of the owned blocks before it
+  kFenced,    // the same stores after a cluster-scope fence that releases the fill
+  kDisjoint,  // the same stores, and no block writes an entry that another block of the cluster
+              // writes (the fill of the padding and the unused entries after the scan)
 };
 
 // Launch shape of one alignment; a function of (max numel, E, B) only.

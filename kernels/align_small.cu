@@ -38,17 +38,18 @@ __host__ __device__ constexpr int cluster_row(int num_experts) { return (num_exp
 // Barriers: rows complete -> (clusters: block totals complete in the cluster) -> (segment scan's
 // own) -> segment starts complete. Outside a cluster the first barrier also orders the fill of the
 // owned blocks before any write over them; in a cluster the exchange does (kBarrier: the cluster
-// barrier's default release and acquire; kFenced: the fence before the remote stores and the
-// acquire of the wait for them): keep the fill above it. With kDisjoint no entry is written twice.
-// kThreads threads rank (kItems slots each); kFillThreads more (whole warps, after them) only fill
-// the owned blocks while the others rank, then take part in the scan.
+// barrier's default release and acquire; kReleased: the release of the remote stores' completion
+// and the acquire of the wait for them; kFenced: a fence before those stores too): keep the fill
+// above it. With kDisjoint no entry is written twice. kThreads threads rank (kItems slots each);
+// kFillThreads more (whole warps, after them) only fill the owned blocks while the others rank,
+// then take part in the scan.
 template <int kThreads, int kItems, int kClusterBlocks, int kFillThreads, ClusterExchange kExchange>
 __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(const AlignParams p) {
   constexpr int kWarps = kThreads / kWarp;  // ranking warps
   constexpr int kBlockThreads = kThreads + kFillThreads;
   constexpr int kLast = kBlockThreads - 1;  // the thread that sums and writes the counters
   constexpr bool kClustered = kClusterBlocks > 1;
-  // The exchange completes on an mbarrier in each block (kFenced, kDisjoint).
+  // The exchange completes on an mbarrier in each block (all but kBarrier).
   constexpr bool kAsyncExchange = kClustered && kExchange != ClusterExchange::kBarrier;
   // Each block's fill of the cluster's output blocks waits for the scan (kDisjoint).
   constexpr bool kLateFill = kClustered && kExchange == ClusterExchange::kDisjoint;
@@ -165,7 +166,7 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
       static_assert(kThreads * kItems <= 0xffff, "a block's totals must fit 16 bits");
       namespace cg = cooperative_groups;
       __cluster_barrier_wait();  // every block of the cluster runs
-      __syncthreads();           // this block's row complete (and its fill, for kFenced)
+      __syncthreads();           // this block's row complete (and its fill, before the sends)
       // The fill reaches the blocks that receive this block's rows before they do (cumulative:
       // the barrier above orders every thread's fill before the fence).
       if constexpr (kExchange == ClusterExchange::kFenced) fence_cluster();
@@ -205,8 +206,8 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
       }
       if constexpr (kAsyncExchange) {
         // Every other block's row (and in block 0 their invalid ids) landed in this block, with
-        // their fill before (kFenced). A block that passes this wait receives nothing more, and
-        // sends from its registers only, so it may exit before the others.
+        // their fill before (kReleased, kFenced). A block that passes this wait receives nothing
+        // more, and sends from its registers only, so it may exit before the others.
         wait_bytes(&exchange_barrier);
       } else {
         // Every block's rows complete in every block, and every block's fill of the cluster's

@@ -23,6 +23,7 @@ struct SmallShape {
   ClusterExchange exchange = ClusterExchange::kBarrier;  // clustered shapes only
   constexpr std::int64_t capacity() const { return std::int64_t{threads} * items * cluster; }
 };
+inline constexpr ClusterExchange kReleased = ClusterExchange::kReleased;
 inline constexpr ClusterExchange kFenced = ClusterExchange::kFenced;
 inline constexpr ClusterExchange kDisjoint = ClusterExchange::kDisjoint;
 // Every shape the kernel is built for: the planner's, and the others variant_bench
@@ -53,6 +54,16 @@ inline constexpr SmallShape kSmallShapes[] = {{128, 1, 1},
                                               {256, 4, 8},
                                               {512, 4, 8},
                                               {256, 8, 8},
+                                              {128, 2, 4, 0, kReleased},
+                                              {256, 1, 4, 0, kReleased},
+                                              {256, 2, 4, 0, kReleased},
+                                              {256, 1, 8, 0, kReleased},
+                                              {256, 2, 8, 0, kReleased},
+                                              {256, 4, 8, 0, kReleased},
+                                              {256, 8, 8, 0, kReleased},
+                                              {512, 1, 8, 0, kReleased},
+                                              {512, 2, 8, 0, kReleased},
+                                              {512, 4, 8, 0, kReleased},
                                               {128, 2, 4, 0, kFenced},
                                               {256, 1, 4, 0, kFenced},
                                               {256, 2, 4, 0, kFenced},
@@ -162,7 +173,7 @@ constexpr bool small_rules_are_built() {
   for (SmallShapeRule rule : kSmallShapeRules) {
     if (!built(rule.shape)) return false;
     if (rule.shape.cluster == 1) continue;
-    for (const ClusterExchange exchange : {kFenced, kDisjoint}) {
+    for (const ClusterExchange exchange : {kReleased, kFenced, kDisjoint}) {
       rule.shape.exchange = exchange;
       if (!built(rule.shape)) return false;
     }

@@ -1,7 +1,7 @@
 // Distributed shared memory stores that complete on the destination block's mbarrier (sm_90,
 // PTX `st.async` with `mbarrier::complete_tx`): a block of a cluster waits for the bytes the other
 // blocks send it, not for every block to reach a cluster barrier. Used by the small variant's
-// clustered shapes with ClusterExchange::kFenced and kDisjoint.
+// clustered shapes with every ClusterExchange but kBarrier.
 #pragma once
 
 #include <cstdint>
