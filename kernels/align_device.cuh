@@ -325,27 +325,6 @@ __device__ __forceinline__ void fill_range(std::int32_t* out, int begin, int end
   for (int q = (vec_begin >> 2) + thread; q < end_quad; q += threads) quads[q] = quad;
 }
 
-// fill_range by one thread: single stores before the first aligned quad and after the last,
-// 16-byte stores between when `out` is 16-byte aligned. An empty range (end <= begin) writes
-// nothing.
-__device__ __forceinline__ void fill_range_alone(std::int32_t* out, int begin, int end,
-                                                 std::int32_t value) {
-  int i = begin;
-  if ((reinterpret_cast<std::uintptr_t>(out) & 15u) == 0) {
-    const int vec_begin = min((begin + 3) & ~3, end);
-    const int vec_end = max(end & ~3, vec_begin);
-#pragma unroll 1
-    for (; i < vec_begin; ++i) out[i] = value;
-    const int4 quad = make_int4(value, value, value, value);
-    int4* quads = reinterpret_cast<int4*>(out);
-#pragma unroll 1
-    for (int q = vec_begin >> 2; q < vec_end >> 2; ++q) quads[q] = quad;
-    i = max(i, vec_end);
-  }
-#pragma unroll 1
-  for (; i < end; ++i) out[i] = value;
-}
-
 // What lies past the used blocks, as the large variant writes it: -1 in expert_ids and the
 // sentinel in sorted_token_ids, up to the extent defined for numel slots. Most of it is known
 // before any id is read: at most min(numel, E) experts take blocks, so the used entries never pass
@@ -423,9 +402,12 @@ struct OwnedBlocks {
                end_entry, numel, thread, threads);
   }
 
-  // The sentinel over the owned entries among [begin, stop) (a segment's padding), by one thread.
-  __device__ void fill_padding(const AlignParams& p, int begin, int stop, int numel) const {
-    fill_range_alone(p.sorted_token_ids, max(begin, first_entry), min(stop, end_entry), numel);
+  // The sentinel over the owned entries among [begin, stop) (a segment's padding), spread over
+  // `threads` (at least 3) threads.
+  __device__ void fill_padding(const AlignParams& p, int begin, int stop, int numel, int thread,
+                               int threads) const {
+    const int from = max(begin, first_entry);
+    fill_range(p.sorted_token_ids, from, max(min(stop, end_entry), from), numel, thread, threads);
   }
 
   // expert_ids of the owned blocks among [start, start + blocks), a segment of `owner_id`.

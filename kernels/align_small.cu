@@ -24,11 +24,20 @@
 namespace moe_dispatch::kernels {
 namespace {
 
-// In a cluster, the shared int32 arrays before cluster_counts (starts, base), rounded up to whole
-// 16-byte quads, and the entries of a row of cluster_counts: E rounded up to 8, so rows are whole
-// quads too.
-__host__ __device__ constexpr int cluster_ints_before(int num_experts) {
-  return (2 * num_experts + 3) / 4 * 4;
+// In a cluster, the shared int32 arrays before cluster_counts (starts, base, and with
+// ClusterExchange::kDisjoint slot_ends), rounded up to whole 16-byte quads, and the entries of a
+// row of cluster_counts: E rounded up to 8, so rows are whole quads too.
+__host__ __device__ constexpr int cluster_ints_before(int num_experts, bool late_fill) {
+  return ((late_fill ? 3 : 2) * num_experts + 3) / 4 * 4;
+}
+
+// Threads per expert that fill the padding of the block's experts after the scan (kDisjoint): as
+// many as the block's threads give each of its `experts`, a power of two from 4 (fill_range's
+// edges take 3) to a warp.
+__device__ __forceinline__ int padding_group(int threads, int experts) {
+  int group = 4;
+  while (group < kWarp && group * 2 * experts <= threads) group *= 2;
+  return group;
 }
 __host__ __device__ constexpr int cluster_row(int num_experts) { return (num_experts + 7) / 8 * 8; }
 
@@ -62,9 +71,11 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
   // In a cluster: the slots of each expert in the cluster's earlier blocks, and every block's
   // slots of each expert (row r written by block r, into every block of the cluster).
   int* base = kClustered ? starts + p.num_experts : nullptr;
+  // Each expert's first entry past its slots, start * B + count (kDisjoint).
+  int* slot_ends = kLateFill ? base + p.num_experts : nullptr;
   const int cluster_stride = cluster_row(p.num_experts);
   auto* cluster_counts = reinterpret_cast<std::uint16_t*>(
-      kClustered ? starts + cluster_ints_before(p.num_experts) : nullptr);
+      kClustered ? starts + cluster_ints_before(p.num_experts, kLateFill) : nullptr);
   auto* rows = kClustered ? cluster_counts + kClusterBlocks * cluster_stride
                           : reinterpret_cast<std::uint16_t*>(starts + p.num_experts);
   __shared__ ScanStorage<kBlockThreads> scan_temp;
@@ -241,7 +252,15 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
     int segment_start[kPer];
     const int used_blocks = scan_segment_starts<kBlockThreads>(p, first_expert, count, blocks,
                                                                segment_start, starts, scan_temp);
-    __syncthreads();  // starts (and base) complete
+    if constexpr (kLateFill) {
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int e = first_expert + i;
+        if (e < p.num_experts && e % kClusterBlocks == member)
+          slot_ends[e] = segment_start[i] * p.block_size + count[i];
+      }
+    }
+    __syncthreads();  // starts (and base, slot_ends) complete
 
     // The counters: one thread of the grid, the last of block 0.
     if (blockIdx.x == 0 && threadIdx.x == kLast) {
@@ -270,17 +289,23 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
       const int e = first_expert + i;
-      if (count[i] != 0 && (!kClustered || e % kClusterBlocks == member)) {
+      if (count[i] != 0 && (!kClustered || e % kClusterBlocks == member))
         own.write_segment_blocks(p, segment_start[i], blocks[i], block_owner(p, e));
-        if constexpr (kLateFill) {
-          own.fill_padding(p, segment_start[i] * p.block_size + count[i],
-                           (segment_start[i] + blocks[i]) * p.block_size, numel);
-        }
-      }
     }
     if constexpr (kLateFill) {
-      own.fill_unused(p, used_blocks, numel, member * kThreads + static_cast<int>(threadIdx.x),
-                      kClusterBlocks * kThreads);
+      // The padding of this block's experts (every kClusterBlocks-th), a group of threads each,
+      // from the end of its slots to the next segment's start; then everything past the used
+      // blocks, over the cluster's threads.
+      const int experts = (p.num_experts - member + kClusterBlocks - 1) / kClusterBlocks;
+      const int group = padding_group(kBlockThreads, experts);
+      const int thread = static_cast<int>(threadIdx.x);
+#pragma unroll 1
+      for (int j = thread / group; j < experts; j += kBlockThreads / group) {
+        const int e = j * kClusterBlocks + member;
+        const int segment_end = e + 1 < p.num_experts ? starts[e + 1] : used_blocks;
+        own.fill_padding(p, slot_ends[e], segment_end * p.block_size, numel, thread % group, group);
+      }
+      own.fill_unused(p, used_blocks, numel, member * kThreads + thread, kClusterBlocks * kThreads);
     }
   };
   with_experts_per_thread<1, experts_per_thread_bound(kBlockThreads, kSmallMaxExperts)>(
@@ -337,9 +362,10 @@ AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size,
   const int grid = clustered ? write_blocks(entries, kMaxClusteredGrid, kClusteredEntriesPerBlock)
                              : one_block_small_grid(entries);
   plan.grid = (grid + shape.cluster - 1) / shape.cluster * shape.cluster;
-  const std::size_t int_entries = clustered
-                                      ? static_cast<std::size_t>(cluster_ints_before(num_experts))
-                                      : static_cast<std::size_t>(num_experts);
+  const std::size_t int_entries =
+      clustered
+          ? static_cast<std::size_t>(cluster_ints_before(num_experts, shape.exchange == kDisjoint))
+          : static_cast<std::size_t>(num_experts);
   plan.shared_bytes = sizeof(int) * int_entries +
                       (clustered ? sizeof(std::uint16_t) * static_cast<std::size_t>(shape.cluster) *
                                        static_cast<std::size_t>(cluster_row(num_experts))
