@@ -259,8 +259,10 @@ int sweep_exchanges(cudaStream_t stream) {
         double kernel[std::size(kExchanges)];
         double replay[std::size(kExchanges)];
         for (std::size_t i = 0; i < std::size(kExchanges); ++i) {
-          mk::AlignPlan plan = planned;
-          plan.exchange = kExchanges[i];
+          const mk::AlignPlan plan =
+              mk::small_plan(numel, s.experts, s.block,
+                             mk::SmallShape{planned.threads, planned.items, planned.cluster,
+                                            planned.fill_threads, kExchanges[i]});
           kernel[i] = graph_us(point.params, plan, stream);
           replay[i] = replay_us(with_host_count(point.params, tokens), plan, stream);
         }

@@ -8,9 +8,8 @@
 // repeats is cheap at these sizes. In a cluster each block ranks its share of the slots, and the
 // blocks exchange their per-expert totals through distributed shared memory (remote stores, then
 // one cluster barrier, or ClusterExchange's other forms), so the serial ranking walk per block
-// shrinks with the cluster; a one-block
-// shape may add warps that only fill while the others rank. The kernel is latency-bound;
-// docs/KERNELS.md lists what it keeps off its critical path.
+// shrinks with the cluster; a one-block shape may add warps that only fill while the others rank.
+// The kernel is latency-bound; docs/KERNELS.md lists what it keeps off its critical path.
 #include <cooperative_groups.h>
 
 #include <iterator>
@@ -41,9 +40,10 @@ __device__ __forceinline__ int padding_group(int threads, int experts) {
 }
 __host__ __device__ constexpr int cluster_row(int num_experts) { return (num_experts + 7) / 8 * 8; }
 
-// Shared memory: starts[E] (int32), with clusters also base[E] (int32) and
+// Shared memory: starts[E] (int32), with clusters also base[E] (int32), with kDisjoint also
+// slot_ends[E] (int32), rounded up to whole quads (cluster_ints_before), then
 // cluster_counts[kClusterBlocks][cluster_row(E)] (16-bit), then one row of 16-bit counters per
-// warp.
+// warp (small_shared_bytes).
 // Barriers: rows complete -> (clusters: block totals complete in the cluster) -> (segment scan's
 // own) -> segment starts complete. Outside a cluster the first barrier also orders the fill of the
 // owned blocks before any write over them; in a cluster the exchange does (kBarrier: the cluster
@@ -348,6 +348,24 @@ cudaError_t launch_any_shape(const AlignParams& params, const AlignPlan& plan, c
 
 }  // namespace
 
+namespace {
+// Dynamic shared memory of the small kernel in `shape` over `num_experts` experts (the layout
+// above the kernel).
+std::size_t small_shared_bytes(int num_experts, const SmallShape& shape) {
+  const bool clustered = shape.cluster > 1;
+  const std::size_t int_entries =
+      clustered
+          ? static_cast<std::size_t>(cluster_ints_before(num_experts, shape.exchange == kDisjoint))
+          : static_cast<std::size_t>(num_experts);
+  return sizeof(int) * int_entries +
+         (clustered ? sizeof(std::uint16_t) * static_cast<std::size_t>(shape.cluster) *
+                          static_cast<std::size_t>(cluster_row(num_experts))
+                    : 0) +
+         sizeof(std::uint16_t) * static_cast<std::size_t>(shape.threads / kWarp) *
+             static_cast<std::size_t>(row_stride(num_experts));
+}
+}  // namespace
+
 AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size,
                      const SmallShape& shape) {
   AlignPlan plan;
@@ -362,16 +380,7 @@ AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size,
   const int grid = clustered ? write_blocks(entries, kMaxClusteredGrid, kClusteredEntriesPerBlock)
                              : one_block_small_grid(entries);
   plan.grid = (grid + shape.cluster - 1) / shape.cluster * shape.cluster;
-  const std::size_t int_entries =
-      clustered
-          ? static_cast<std::size_t>(cluster_ints_before(num_experts, shape.exchange == kDisjoint))
-          : static_cast<std::size_t>(num_experts);
-  plan.shared_bytes = sizeof(int) * int_entries +
-                      (clustered ? sizeof(std::uint16_t) * static_cast<std::size_t>(shape.cluster) *
-                                       static_cast<std::size_t>(cluster_row(num_experts))
-                                 : 0) +
-                      sizeof(std::uint16_t) * static_cast<std::size_t>(plan.threads / kWarp) *
-                          static_cast<std::size_t>(row_stride(num_experts));
+  plan.shared_bytes = small_shared_bytes(num_experts, shape);
   plan.kernels = 1;
   return plan;
 }
@@ -387,11 +396,12 @@ AlignPlan small_plan(std::int64_t max_numel, int num_experts, int block_size) {
 
 cudaError_t launch_align_small(const AlignParams& params, const AlignPlan& plan,
                                cudaStream_t stream) {
-  // Slots past the shape's capacity would be silently ignored, and experts past kSmallMaxExperts
-  // left out of the scan: refuse the launch instead.
-  if (std::int64_t{plan.threads} * plan.items * plan.cluster <
-          std::int64_t{params.max_tokens} * params.top_k ||
-      params.num_experts > kSmallMaxExperts) {
+  // Slots past the shape's capacity would be silently ignored, experts past kSmallMaxExperts left
+  // out of the scan, and shared memory below the layout's overrun: refuse the launch instead.
+  const SmallShape shape{plan.threads, plan.items, plan.cluster, plan.fill_threads, plan.exchange};
+  if (shape.capacity() < std::int64_t{params.max_tokens} * params.top_k ||
+      params.num_experts > kSmallMaxExperts ||
+      plan.shared_bytes < small_shared_bytes(params.num_experts, shape)) {
     return cudaErrorInvalidConfiguration;
   }
   AlignParams p = params;
