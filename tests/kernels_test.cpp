@@ -294,6 +294,32 @@ TEST_CASE("the small variant is exact in every block and cluster shape it is bui
   CHECK(checked == 64 * static_cast<int>(std::size(mk::kSmallShapes)));
 }
 
+// The sweep above is too long for the sanitizers; this runs each shape (every exchange of the
+// clustered ones) once at its capacity with one expert per thread, and once below it with a run
+// of experts per thread and the count as a kernel parameter.
+TEST_CASE("each small shape is exact at its capacity and below it, for the sanitizers") {
+  std::mt19937 rng(41);
+  int checked = 0;
+  for (const mk::SmallShape& shape : mk::kSmallShapes) {
+    for (const bool full : {true, false}) {
+      const int experts = full ? 256 : 1024;
+      const int capacity = static_cast<int>(shape.capacity() / 8);
+      Harness h(capacity, experts, 8, 16, true, mk::AlignVariant::kSmall);
+      h.use_plan(mk::small_plan(shape.capacity(), experts, 16, shape));
+      h.use_parameter_count(!full);
+      const int tokens = full ? capacity : std::uniform_int_distribution<int>(1, capacity - 1)(rng);
+      const Routing routing = full ? Routing::kWithInvalid : Routing::kZipf;
+      INFO("shape " << shape.threads << " x " << shape.items << " x " << shape.cluster << " + "
+                    << shape.fill << ", exchange " << static_cast<int>(shape.exchange) << ", E "
+                    << experts << ", tokens " << tokens);
+      const std::string diff = h.check(md::test::make_routing(routing, tokens, 8, experts, rng));
+      CHECK_MESSAGE(diff.empty(), diff);
+      ++checked;
+    }
+  }
+  CHECK(checked == 2 * static_cast<int>(std::size(mk::kSmallShapes)));
+}
+
 TEST_CASE("the large variant is exact with two kernels and with three, at 2, 4 and 8 slots") {
   std::mt19937 rng(37);
   const Routing routings[] = {Routing::kUniform, Routing::kWithInvalid, Routing::kOneExpert,

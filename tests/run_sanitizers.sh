@@ -8,10 +8,10 @@ logs=${2:-.}
 mkdir -p "$logs"
 export MOE_DISPATCH_SOURCE_DIR=${MOE_DISPATCH_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-# The full sweep is too slow under the sanitizers; these cases cover every variant (the large one
-# with two kernels and with three), every output, expert maps, clamped counts, capture, child
-# graphs, overflow (and its growth) and align_async().
-kernel_cases='the tiny variant is exact*,the large variant is exact*,skewed*,top_k 32*,expert_map*,two runs*,a count outside*,a count below*,a count passed*'
+# The full sweep is too slow under the sanitizers; these cases cover every variant (every small
+# shape and cluster exchange, the large one with two kernels and with three), every output, expert
+# maps, clamped counts, capture, child graphs, overflow (and its growth) and align_async().
+kernel_cases='the tiny variant is exact*,each small shape*,the large variant is exact*,skewed*,top_k 32*,expert_map*,two runs*,a count outside*,a count below*,a count passed*'
 stage_cases='run inside*,a bucket graph*,run_device_count*,counts above*,an engine-registered*,lazy*,an overflow growth*,align_async*'
 status=0
 for tool in memcheck racecheck synccheck initcheck; do
