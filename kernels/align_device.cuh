@@ -49,9 +49,13 @@ __device__ __forceinline__ void write_count_counters(const AlignParams& p, int n
 }
 
 // The expert a valid id (in [0, E)) is counted under: expert_map[id] when the map applies before
-// counting (-1: the id's expert is not local, the slot is skipped), else the id.
+// counting (-1: the id's expert is not local, the slot is skipped), else the id. A map entry
+// outside [-1, E) (a caller's device map, which align_async cannot check) is taken as -1, so it
+// never indexes past the experts.
 __device__ __forceinline__ int counted_expert(const AlignParams& p, int id) {
-  return (p.expert_map != nullptr && !p.map_after) ? __ldg(p.expert_map + id) : id;
+  if (p.expert_map == nullptr || p.map_after) return id;
+  const int local = __ldg(p.expert_map + id);
+  return static_cast<unsigned>(local) < static_cast<unsigned>(p.num_experts) ? local : -1;
 }
 
 // What expert_ids holds for the blocks of expert e's segment: expert_map[e] when the map applies

@@ -51,6 +51,10 @@ void check(const AlignShape& shape, int max_tokens, const AlignBuffersView& b) {
         "align_async: topk_ids, sorted_token_ids, expert_ids, num_tokens_post_pad "
         "(and scratch when align_scratch_bytes() > 0) must be device pointers, not null");
   }
+  // A misaligned count would only fault in the kernel, as a sticky error.
+  if (reinterpret_cast<std::uintptr_t>(b.num_tokens) % alignof(std::int32_t) != 0) {
+    throw ArgumentError("align_async: num_tokens must be a 4-byte aligned device pointer or null");
+  }
 }
 
 }  // namespace

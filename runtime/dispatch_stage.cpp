@@ -1,6 +1,7 @@
 #include "moe_dispatch/dispatch_stage.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -88,6 +89,9 @@ struct DispatchStage::Impl {
   std::int64_t overflow_growths = 0;
   const AlignBuffers* last_run = &main;  // the buffers of the last run (read_*() copy from them)
   int injected_capture_failure = 0;      // bucket whose next capture fails (StageTesting)
+  // The device count pointers checked last (check_count_pointer), a few for double buffering.
+  std::array<const std::int32_t*, 4> checked_count_pointers{};
+  std::size_t next_checked = 0;
 
   void log(const std::string& line) const {
     if (config.log) std::fprintf(stderr, "moe_dispatch: %s\n", line.c_str());
@@ -227,6 +231,43 @@ struct DispatchStage::Impl {
     }
   }
 
+  // A host copy synchronizes `stream`, which a capture cannot record: refused there before
+  // anything is enqueued, so the caller's capture stays valid.
+  void check_readable_on(cudaStream_t stream, const char* call) const {
+    const CallerCapture capture = caller_capture(stream);
+    if (capture.active) {
+      throw ArgumentError(std::string("DispatchStage::") + call +
+                          ": the stream is capturing, and a host copy synchronizes it; read on a "
+                          "stream that is not capturing, after the captured graph's launch");
+    }
+    check_stream(stream, capture);
+  }
+
+  // A device count pointer not among the last checked must point to memory the stage's device
+  // reads: device memory of that device, managed memory, or page-locked host memory. Checked once
+  // per pointer outside a capture (cudaPointerGetAttributes; a capture may not allow the query), so
+  // a steady loop pays nothing; a wrong pointer would otherwise fault only at replay, as a sticky
+  // error.
+  void check_count_pointer(const std::int32_t* d_num_tokens, const char* call,
+                           const CallerCapture& capture) {
+    const auto& checked = checked_count_pointers;
+    if (capture.active || std::find(checked.begin(), checked.end(), d_num_tokens) != checked.end())
+      return;
+    cudaPointerAttributes a{};
+    MOE_DISPATCH_CUDA_CHECK(cudaPointerGetAttributes(&a, d_num_tokens));
+    const bool readable = (a.type == cudaMemoryTypeDevice && a.device == config.device) ||
+                          a.type == cudaMemoryTypeManaged || a.type == cudaMemoryTypeHost;
+    if (!readable) {
+      throw ArgumentError(
+          std::string("DispatchStage::") + call +
+          ": d_num_tokens must point to device memory on device " + std::to_string(config.device) +
+          ", managed memory or page-locked host memory; it points to " +
+          (a.type == cudaMemoryTypeDevice ? "device memory on device " + std::to_string(a.device)
+                                          : std::string("pageable host memory")));
+    }
+    checked_count_pointers[next_checked++ % checked_count_pointers.size()] = d_num_tokens;
+  }
+
   // The view of a run of num_tokens (host-known, or run_device_count()'s max_tokens) whose
   // outputs are defined up to the extents of extent_tokens tokens.
   DispatchOutputs outputs(const AlignBuffers& b, int num_tokens, int extent_tokens, int bucket,
@@ -258,19 +299,15 @@ struct DispatchStage::Impl {
     MOE_DISPATCH_CUDA_CHECK(kernels::launch_align(p, plan, stream));
   }
 
-  // Throws unless counts above the capacity may run eagerly (policy, input ownership, and the
-  // kernels' 32-bit limit, which validate() applies to the buckets).
+  // Throws unless counts above the capacity may run eagerly (the policy, and the kernels' 32-bit
+  // limit, which validate() applies to the buckets). The constructor refuses kEager with an
+  // engine-registered input, which cannot grow.
   void check_overflow_allowed(int num_tokens) const {
     if (config.overflow != OverflowPolicy::kEager) {
       throw ArgumentError("DispatchStage: " + count_text(num_tokens) +
                           " tokens exceed the capacity of " + count_text(config.max_tokens()) +
                           " (largest bucket) and the overflow policy is 'error'; allowed: 0.." +
                           count_text(config.max_tokens()) + ", or set overflow: eager");
-    }
-    if (external_input != nullptr) {
-      throw ArgumentError("DispatchStage: " + count_text(num_tokens) +
-                          " tokens exceed the registered external input's capacity of " +
-                          count_text(config.max_tokens()) + " tokens");
     }
     const std::int64_t capacity = sorted_capacity(shape, std::int64_t{num_tokens} * config.top_k);
     if (capacity > kMaxNumel) {
@@ -313,6 +350,13 @@ DispatchStage::DispatchStage(const DispatchConfig& config, std::int32_t* externa
         "config: expert_parallel: a DispatchStage aligns one rank's routing and has no use for the "
         "section; construct moe_dispatch::ExpertParallelDispatch (library moe_dispatch::ep) with "
         "expert_parallel_config(config), or remove the section");
+  }
+  if (external_input != nullptr && config.overflow == OverflowPolicy::kEager) {
+    throw ArgumentError(
+        "DispatchStage: overflow: eager runs steps above the largest bucket from an input the "
+        "stage grows, and an engine-registered external_input cannot grow; set overflow: error, "
+        "or add buckets up to the largest step (the largest bucket now: " +
+        count_text(config.max_tokens()) + " tokens)");
   }
   Impl& s = *impl_;
   s.config = config;
@@ -487,6 +531,7 @@ DispatchOutputs DispatchStage::run_device_count(const std::int32_t* d_num_tokens
   DeviceGuard guard(s.config.device);
   const CallerCapture capture = caller_capture(stream);
   s.check_stream(stream, capture);
+  s.check_count_pointer(d_num_tokens, "run_device_count", capture);
   Bucket& bucket = s.bucket_of(max_tokens);
   detail::BucketGraph* graphs = s.graphs_for(bucket, capture);
   if (graphs == nullptr) {
@@ -554,6 +599,7 @@ cudaGraphNode_t DispatchStage::add_to_graph_device_count(cudaGraph_t parent,
                         count_text(this->max_tokens()));
   }
   DeviceGuard guard(s.config.device);
+  s.check_count_pointer(d_num_tokens, "add_to_graph_device_count", CallerCapture{});
   Bucket& bucket = s.bucket_of(max_tokens);
   detail::BucketGraph* graphs = s.graphs_of(bucket);
   if (graphs == nullptr) {
@@ -569,7 +615,7 @@ cudaGraphNode_t DispatchStage::add_to_graph_device_count(cudaGraph_t parent,
 std::int32_t DispatchStage::read_num_tokens_post_pad(cudaStream_t stream) {
   Impl& s = *impl_;
   DeviceGuard guard(s.config.device);
-  s.check_stream(stream, caller_capture(stream));
+  s.check_readable_on(stream, "read_num_tokens_post_pad");
   const AlignBuffers& b = *s.last_run;
   MOE_DISPATCH_CUDA_CHECK(cudaMemcpyAsync(s.host_readback.get(), b.post_pad_and_counters.get(),
                                           sizeof(std::int32_t), cudaMemcpyDeviceToHost, stream));
@@ -580,7 +626,7 @@ std::int32_t DispatchStage::read_num_tokens_post_pad(cudaStream_t stream) {
 DeviceCounters DispatchStage::read_counters(cudaStream_t stream) {
   Impl& s = *impl_;
   DeviceGuard guard(s.config.device);
-  s.check_stream(stream, caller_capture(stream));
+  s.check_readable_on(stream, "read_counters");
   const AlignBuffers& b = *s.last_run;
   MOE_DISPATCH_CUDA_CHECK(
       cudaMemcpyAsync(s.host_readback.get() + 1, b.post_pad_and_counters.get() + 1,

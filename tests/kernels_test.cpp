@@ -3,9 +3,11 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/align.hpp"
@@ -93,7 +95,9 @@ class Harness {
     mk::AlignParams p;
     p.topk_ids = input_.get();
     p.num_tokens = parameter_count_ ? nullptr : small_.get() + 4;
-    p.host_num_tokens = count_;
+    // With the count in device memory the parameter holds a wrong one (negative: it would also
+    // flag a clamp), so a kernel reading the parameter instead fails the comparison.
+    p.host_num_tokens = parameter_count_ ? count_ : -1 - count_;
     p.expert_map = map_ != nullptr ? map_buffer_.get() : nullptr;
     p.sorted_token_ids = sorted_.get() + offset_;
     p.expert_ids = expert_ids_.get() + offset_;
@@ -474,17 +478,24 @@ TEST_CASE("the edges of each variant's shapes: block sizes near 1024, most exper
 
 TEST_CASE("top_k 32 and pad_sorted_ids match the reference") {
   std::mt19937 rng(12);
-  for (const mk::AlignVariant variant : kAllVariants) {
-    const int capacity = capacity_for(variant, 512, 32);
-    Harness h(capacity, 64, 32, 48, true, variant);
-    for (const int tokens : {0, 1, 2, 33, 511, 512}) {
-      if (tokens > capacity) continue;
-      INFO(name(variant) << " tokens=" << tokens);
-      const std::string diff =
-          h.check(md::test::make_routing(Routing::kUniform, tokens, 32, 64, rng));
-      CHECK_MESSAGE(diff.empty(), diff);
+  const Routing routings[] = {Routing::kUniform, Routing::kWithInvalid, Routing::kOneExpert,
+                              Routing::kZipf, Routing::kOneNonEmpty};
+  int checked = 0;
+  for (const int experts : {64, 1024}) {
+    for (const mk::AlignVariant variant : variants_for(32, experts)) {
+      const int capacity = capacity_for(variant, 512, 32);
+      Harness h(capacity, experts, 32, 48, true, variant);
+      for (const int tokens : {0, 1, 2, 33, 511, 512}) {
+        if (tokens > capacity) continue;
+        const Routing routing = routings[static_cast<std::size_t>(checked++) % 5];
+        INFO(name(variant) << " E=" << experts << " tokens=" << tokens << " "
+                           << std::string(md::test::to_string(routing)));
+        const std::string diff = h.check(md::test::make_routing(routing, tokens, 32, experts, rng));
+        CHECK_MESSAGE(diff.empty(), diff);
+      }
     }
   }
+  CHECK(checked > 20);
 }
 
 TEST_CASE("expert_map drop and map_after modes match the reference") {
@@ -515,6 +526,33 @@ TEST_CASE("expert_map drop and map_after modes match the reference") {
           }
         }
       }
+    }
+  }
+}
+
+TEST_CASE("an expert_map entry outside [-1, E) drops its slots in every variant") {
+  std::mt19937 rng(17);
+  // Rank 0 of 2 owns experts 0..127; five entries are broken: past the experts, below -1, and
+  // the ends of int32. The kernels take each as -1 (the host reference refuses such a map).
+  md::ExpertMap broken = md::split_experts(256, 0, 2, md::ExpertMapMode::kDrop);
+  md::ExpertMap expected_map = broken;
+  const std::pair<int, std::int32_t> entries[] = {
+      {3, 256}, {7, 1000000}, {200, -2}, {201, INT32_MIN}, {202, INT32_MAX}};
+  for (const auto& [global, local] : entries) {
+    broken.global_to_local[static_cast<std::size_t>(global)] = local;
+    expected_map.global_to_local[static_cast<std::size_t>(global)] = -1;
+  }
+  const md::AlignShape shape{256, 8, 16, false};
+  for (const mk::AlignVariant variant : kAllVariants) {
+    const int capacity = capacity_for(variant, 1024, 8);
+    Harness h(capacity, 256, 8, 16, false, variant, &broken);
+    for (const int tokens : {1, capacity}) {
+      auto ids = md::test::make_routing(Routing::kUniform, tokens, 8, 256, rng);
+      for (std::size_t i = 0; i < std::size(entries); ++i) ids[i] = entries[i].first;
+      INFO(name(variant) << " tokens=" << tokens);
+      const md::HostAlignResult expected = md::align_reference(ids, shape, &expected_map);
+      const std::string diff = md::test::compare(expected, h.run(ids, tokens), tokens);
+      CHECK_MESSAGE(diff.empty(), diff);
     }
   }
 }
@@ -568,13 +606,13 @@ TEST_CASE("a count outside [0, capacity] is clamped and flagged, never read out 
 
         const md::test::DeviceResult above = h.run(ids, 100000);
         CHECK(above.counters[1] == 1);
-        CHECK(md::test::compare(md::align_reference(ids, shape), above, capacity).empty());
+        CHECK(md::test::compare(md::align_reference(ids, shape), above, capacity, true).empty());
 
         const md::test::DeviceResult negative = h.run(ids, -5);
         CHECK(negative.counters[1] == 1);
-        CHECK(
-            md::test::compare(md::align_reference(std::vector<std::int32_t>{}, shape), negative, 0)
-                .empty());
+        CHECK(md::test::compare(md::align_reference(std::vector<std::int32_t>{}, shape), negative,
+                                0, true)
+                  .empty());
 
         const md::test::DeviceResult inside = h.run(ids, capacity);
         CHECK(inside.counters[1] == 0);

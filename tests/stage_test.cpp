@@ -321,11 +321,13 @@ TEST_CASE("no device memory is allocated across 100k replays after construction"
   std::int64_t replays = 0;
   for (const auto& b : stage.stats().buckets) replays += b.replays;
   CHECK(replays == kSteps);
+  // The last step's count once more, over poisoned outputs, so that a run writing nothing fails.
   const int last = counts.back();
+  poison(out, stream.get());
+  out = stage.run(last, stream.get());
   const std::vector<std::int32_t> head(ids.begin(), ids.begin() + 2 * last);
   const md::HostAlignResult expected = md::align_reference(head, md::shape_of(stage.config()));
-  const std::string diff =
-      md::test::compare(expected, md::test::fetch_defined(out, expected), last);
+  const std::string diff = md::test::compare(expected, fetch(out), last);
   CHECK_MESSAGE(diff.empty(), diff);
 }
 
@@ -360,6 +362,25 @@ TEST_CASE("run inside the caller's stream capture gives the same outputs when th
     CHECK_MESSAGE(diff.empty(), diff);
     CHECK(stage.stats().buckets[bucket].child_nodes == 1);
   }
+}
+
+TEST_CASE("the host reads are refused inside the caller's capture, which stays valid") {
+  md::DispatchStage stage(small_config());
+  const md::Stream stream = md::make_stream();
+  stage.run(5, stream.get());
+  MOE_DISPATCH_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal));
+  const md::DispatchOutputs out = stage.run(7, stream.get());
+  CHECK_THROWS_AS(stage.read_counters(stream.get()), md::ArgumentError);
+  CHECK_THROWS_AS(stage.read_num_tokens_post_pad(stream.get()), md::ArgumentError);
+  cudaGraph_t captured = nullptr;
+  REQUIRE(cudaStreamEndCapture(stream.get(), &captured) == cudaSuccess);
+  const md::Graph graph(captured);
+  cudaGraphExec_t exec_raw = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
+  const md::GraphExec exec(exec_raw);
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(exec.get(), stream.get()));
+  CHECK(stage.read_counters(stream.get()).num_tokens == 7);
+  CHECK(out.replayed);
 }
 
 TEST_CASE("a bucket graph added as a child node gives the same outputs, host or device count") {
@@ -420,10 +441,36 @@ TEST_CASE("run_device_count reads the exact count on the device and clamps a bad
   CHECK(stage.read_counters(stream.get()).count_clamped == 0);
 
   // A second source pointer rebinds the first kernel; 1000 > bucket 64 is clamped to 64.
-  stage.run_device_count(d_count.get() + 1, 64, stream.get());
+  poison(out, stream.get());
+  const md::DispatchOutputs clamped = stage.run_device_count(d_count.get() + 1, 64, stream.get());
   const md::DeviceCounters c = stage.read_counters(stream.get());
   CHECK(c.count_clamped == 1);
   CHECK(c.num_tokens == 64);
+  diff = md::test::compare(md::align_reference(ids, md::shape_of(stage.config())), fetch(clamped),
+                           64, true);
+  CHECK_MESSAGE(diff.empty(), diff);
+
+  // Page-locked host memory is read too; pageable host memory is refused.
+  md::PinnedBuffer<std::int32_t> pinned(1);
+  pinned.get()[0] = 20;
+  poison(out, stream.get());
+  const md::DispatchOutputs from_host = stage.run_device_count(pinned.get(), 64, stream.get());
+  const std::vector<std::int32_t> first_rows(ids.begin(), ids.begin() + 40);
+  diff = md::test::compare(md::align_reference(first_rows, md::shape_of(stage.config())),
+                           fetch(from_host), 20);
+  CHECK_MESSAGE(diff.empty(), diff);
+  std::int32_t pageable = 20;
+  try {
+    stage.run_device_count(&pageable, 64, stream.get());
+    FAIL_CHECK("no exception");
+  } catch (const md::ArgumentError& e) {
+    CHECK(std::string(e.what()).find("pageable host memory") != std::string::npos);
+  }
+  cudaGraph_t parent_raw = nullptr;
+  MOE_DISPATCH_CUDA_CHECK(cudaGraphCreate(&parent_raw, 0));
+  const md::Graph parent(parent_raw);
+  CHECK_THROWS_AS(stage.add_to_graph_device_count(parent.get(), nullptr, 0, &pageable, 64),
+                  md::ArgumentError);
 }
 
 TEST_CASE("counts above the largest bucket follow the overflow policy") {
@@ -479,6 +526,11 @@ TEST_CASE("bad arguments are rejected with a message and nothing is enqueued") {
   CHECK_THROWS_AS(md::DispatchStage{invalid}, md::ConfigError);
   std::int32_t host_value = 0;
   CHECK_THROWS_AS(md::DispatchStage(small_config(), &host_value), md::ArgumentError);
+  // An engine-registered input cannot grow for steps above the largest bucket.
+  md::DispatchConfig eager = small_config();
+  eager.overflow = md::OverflowPolicy::kEager;
+  md::DeviceBuffer<std::int32_t> engine_input(256 * 2);
+  CHECK_THROWS_AS(md::DispatchStage(eager, engine_input.get()), md::ArgumentError);
   md::DispatchConfig with_ep = small_config();
   with_ep.expert_parallel = md::ExpertParallelSection{};
   with_ep.expert_parallel->hidden_size = 64;
@@ -542,17 +594,6 @@ TEST_CASE("two stages on two streams driven concurrently stay independent") {
     CHECK(md::test::compare(md::align_reference(ids_b, md::shape_of(b.config())), fetch(ob), 130)
               .empty());
   }
-}
-
-TEST_CASE("the caller's current device is restored after every call") {
-  md::DispatchStage stage(small_config());
-  int before = -1;
-  MOE_DISPATCH_CUDA_CHECK(cudaGetDevice(&before));
-  const md::Stream stream = md::make_stream();
-  stage.run(3, stream.get());
-  int after = -1;
-  MOE_DISPATCH_CUDA_CHECK(cudaGetDevice(&after));
-  CHECK(before == after);
 }
 
 TEST_CASE("a moved stage keeps working and a destroyed stage waits for queued work") {
@@ -850,8 +891,9 @@ TEST_CASE("replays are exact for shapes the presets leave out") {
     bool pad;
   };
   // Block size 1 and padding, the most experts with top_k 32 and the largest block, E 1024 with
-  // top_k 32; buckets of the tiny, small and (E 4096) large variants.
-  const Case cases[] = {{2048, 8, 1, true}, {4096, 32, 1024, true}, {1024, 32, 16, false}};
+  // top_k 32, one expert; buckets of the tiny, small and (E 4096) large variants.
+  const Case cases[] = {
+      {2048, 8, 1, true}, {4096, 32, 1024, true}, {1024, 32, 16, false}, {1, 1, 16, false}};
   std::mt19937 rng(37);
   const md::Stream stream = md::make_stream();
   for (const Case& c : cases) {
@@ -922,6 +964,11 @@ TEST_CASE("align_async into buffers the caller owns matches the reference and re
         CHECK_THROWS_AS(md::align_async(shape, max_tokens, missing, stream.get()),
                         md::ArgumentError);
         CHECK_THROWS_AS(md::align_async(shape, -1, view, stream.get()), md::ArgumentError);
+        md::AlignBuffersView misaligned = view;
+        misaligned.num_tokens =
+            reinterpret_cast<const std::int32_t*>(reinterpret_cast<const char*>(count.get()) + 2);
+        CHECK_THROWS_AS(md::align_async(shape, max_tokens, misaligned, stream.get()),
+                        md::ArgumentError);
         try {
           md::align_async(md::AlignShape{64, 0, 16, false}, max_tokens, view, stream.get());
           FAIL_CHECK("no exception");

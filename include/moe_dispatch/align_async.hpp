@@ -21,11 +21,14 @@ namespace moe_dispatch {
 //   scratch             align_scratch_bytes(shape, max_tokens) bytes (may be null when 0)
 struct AlignBuffersView {
   const std::int32_t* topk_ids = nullptr;
-  const std::int32_t* num_tokens = nullptr;  // [1] device count, or null: host_num_tokens
-  int host_num_tokens = 0;                   // count when num_tokens is null
+  // [1] device count (4-byte aligned memory the device reads), or null: host_num_tokens.
+  const std::int32_t* num_tokens = nullptr;
+  int host_num_tokens = 0;  // count when num_tokens is null
   // Either count is clamped to [0, max_tokens] (DeviceCounters::count_clamped flags it).
-  const std::int32_t* expert_map = nullptr;  // [E] or null
-  bool map_after = false;                    // ExpertMapMode::kMapAfter
+  // [E] or null: global expert -> local expert in [0, E), or -1 (DESIGN.md). Device memory is not
+  // checked on the host: a slot whose entry lies outside [-1, E) is skipped as a dropped one.
+  const std::int32_t* expert_map = nullptr;
+  bool map_after = false;  // ExpertMapMode::kMapAfter
   std::int32_t* sorted_token_ids = nullptr;
   std::int32_t* expert_ids = nullptr;
   std::int32_t* num_tokens_post_pad = nullptr;
@@ -39,8 +42,9 @@ std::size_t align_scratch_bytes(const AlignShape& shape, int max_tokens);
 int align_kernel_launches(const AlignShape& shape, int max_tokens);
 
 // Enqueues the alignment of the first *num_tokens rows of topk_ids on `stream`. Throws
-// ArgumentError for a bad shape or null buffer, CudaError for a failed launch. A non-sticky error
-// an earlier call left pending on the calling thread is cleared, not reported.
+// ArgumentError for a bad shape, a null buffer or a misaligned count, CudaError for a failed
+// launch. A non-sticky error an earlier call left pending on the calling thread is cleared, not
+// reported.
 void align_async(const AlignShape& shape, int max_tokens, const AlignBuffersView& buffers,
                  cudaStream_t stream);
 

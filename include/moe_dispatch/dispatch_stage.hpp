@@ -23,8 +23,10 @@
 // - Thread-safety: a stage is used by one host thread at a time, and its runs are ordered (one
 //   stream, or streams the caller orders). Concurrent work uses one stage per stream.
 // - Device: every call sets config.device current for its duration and restores the caller's
-//   device, so the stage works whatever device is current. Streams passed in must belong to that
-//   device (checked; ArgumentError otherwise).
+//   device (cudaSetDevice, which makes that device's primary context current: an engine running
+//   its own driver contexts makes its context current again after calling in), so the stage works
+//   whatever device is current. Streams passed in must belong to that device (checked outside a
+//   stream capture, ArgumentError otherwise; CUDA refuses the query on a capturing stream).
 // - Inside the caller's stream capture, run() adds the bucket's graph to the caller's graph as a
 //   child node with the count fixed to the value passed, so an engine that captures its whole
 //   forward pass gets the dispatch inside its graph. A bucket not yet captured (CaptureMode::kLazy)
@@ -34,8 +36,9 @@
 //   (CudaError::sticky()), the CUDA context and this stage are unusable; after any other, the
 //   stage stays usable. A failed capture falls back to eager launches for that bucket (logged
 //   once). A non-sticky error that an earlier call left pending on the calling thread (what
-//   cudaGetLastError() would return) is cleared by the stage's launches, not reported: check
-//   your own calls before calling in.
+//   cudaGetLastError() would return) is not reported: eager launches (overflow, a failed
+//   capture's bucket) clear it so that it is not taken for theirs, graph launches leave it
+//   pending. Check your own calls before calling in.
 // - Lifetime: the stage may be moved freely (its device state does not move, so work already queued
 //   is unaffected); a moved-from stage may only be destroyed or assigned to. The destructor
 //   synchronizes the stage's device (cudaDeviceSynchronize: freeing device memory would wait for
@@ -68,7 +71,7 @@ struct StageTesting;  // fault injection for the test suites (runtime/stage_test
 // Written by every run, on the device.
 struct DeviceCounters {
   std::int32_t invalid_ids;    // slots whose id was outside [0, num_experts): skipped
-  std::int32_t count_clamped;  // 1 when a device-side count was outside [0, max_tokens]
+  std::int32_t count_clamped;  // 1 when the count was outside [0, the launch's token capacity]
   std::int32_t num_tokens;     // the count the kernels used (after clamping)
 };
 
@@ -125,10 +128,11 @@ class DispatchStage {
   // Allocates and captures on config.device. A config with an expert_parallel section is refused
   // (ConfigError): that section configures ExpertParallelDispatch. `external_input`, when given, is
   // the engine's own persistent topk_ids buffer (device memory on config.device, at least
-  // max_tokens * top_k int32 entries, alive as long as the stage); otherwise the stage owns one
-  // (see input()). The kernels load rows up to the bucket's capacity before the count is known and
-  // ignore rows past it, so initialize the whole buffer once (compute-sanitizer's initcheck flags
-  // unwritten rows).
+  // max_tokens * top_k int32 entries, alive as long as the stage; ArgumentError with
+  // OverflowPolicy::kEager, whose steps above the largest bucket need an input the stage grows);
+  // otherwise the stage owns one (see input()). The kernels load rows up to the bucket's capacity
+  // before the count is known and ignore rows past it, so initialize the whole buffer once
+  // (compute-sanitizer's initcheck flags unwritten rows).
   explicit DispatchStage(const DispatchConfig& config, std::int32_t* external_input = nullptr);
   ~DispatchStage();
   DispatchStage(DispatchStage&&) noexcept;
@@ -153,7 +157,9 @@ class DispatchStage {
   DispatchOutputs run(int num_tokens, cudaStream_t stream);
 
   // Aligns the first *d_num_tokens rows of input(); the count is read on the device
-  // (d_num_tokens: device memory on config.device, written by earlier work on `stream`).
+  // (d_num_tokens: device memory on config.device, written by earlier work on `stream`; managed
+  // or page-locked host memory also do). A pointer not passed before is checked outside a capture
+  // (ArgumentError for pageable host memory or another device's).
   // max_tokens (host, 0..max_tokens()) picks the bucket; a device count outside [0, bucket] is
   // clamped into it and flagged in DeviceCounters::count_clamped (never read out of bounds).
   DispatchOutputs run_device_count(const std::int32_t* d_num_tokens, int max_tokens,
@@ -163,15 +169,16 @@ class DispatchStage {
   // num_tokens) depending on `deps`; returns the node. The caller's graph then owns a copy.
   cudaGraphNode_t add_to_graph(cudaGraph_t parent, const cudaGraphNode_t* deps,
                                std::size_t num_deps, int num_tokens);
-  // The same with the count read from d_num_tokens at replay time (bucket chosen by max_tokens).
+  // The same with the count read from d_num_tokens at replay time (bucket chosen by max_tokens;
+  // the pointer checked as by run_device_count()).
   cudaGraphNode_t add_to_graph_device_count(cudaGraph_t parent, const cudaGraphNode_t* deps,
                                             std::size_t num_deps, const std::int32_t* d_num_tokens,
                                             int max_tokens);
 
   // Opt-in host copy: enqueues the copy of num_tokens_post_pad on `stream`, then synchronizes
-  // `stream` and returns the value.
+  // `stream` and returns the value. On a capturing stream: ArgumentError, nothing enqueued.
   std::int32_t read_num_tokens_post_pad(cudaStream_t stream);
-  // Opt-in host copy of the counters of the last run; synchronizes `stream`.
+  // Opt-in host copy of the counters of the last run; synchronizes `stream` (as above).
   DeviceCounters read_counters(cudaStream_t stream);
 
   StageStats stats() const;

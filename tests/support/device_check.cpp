@@ -30,7 +30,7 @@ std::string diff_in(const char* name, const std::vector<std::int32_t>& expected,
 }  // namespace
 
 std::string compare(const HostAlignResult& expected, const DeviceResult& actual,
-                    std::int32_t expected_tokens) {
+                    std::int32_t expected_tokens, bool expected_clamped) {
   std::string d = diff_in("sorted_token_ids", expected.sorted_token_ids, actual.sorted_token_ids);
   if (d.empty()) d = diff_in("expert_ids", expected.expert_ids, actual.expert_ids);
   if (d.empty() && expected.num_tokens_post_pad != actual.num_tokens_post_pad) {
@@ -44,6 +44,10 @@ std::string compare(const HostAlignResult& expected, const DeviceResult& actual,
   if (d.empty() && actual.counters[2] != expected_tokens) {
     d = "token count used = " + std::to_string(actual.counters[2]) + ", expected " +
         std::to_string(expected_tokens);
+  }
+  if (d.empty() && actual.counters[1] != (expected_clamped ? 1 : 0)) {
+    d = "count clamped flag = " + std::to_string(actual.counters[1]) + ", expected " +
+        (expected_clamped ? "1" : "0");
   }
   return d;
 }

@@ -27,9 +27,10 @@ struct DeviceResult {
 };
 
 // Empty when equal; else a description of the first difference. Entries of the buffers past the
-// extent defined for `expected` must still hold the poison.
+// extent defined for `expected` must still hold the poison; the counters must say that
+// expected_tokens were aligned, clamped into the capacity only when `expected_clamped`.
 std::string compare(const HostAlignResult& expected, const DeviceResult& actual,
-                    std::int32_t expected_tokens);
+                    std::int32_t expected_tokens, bool expected_clamped = false);
 
 DeviceResult copy_back(const std::int32_t* sorted, std::size_t sorted_size,
                        const std::int32_t* expert_ids, std::size_t expert_ids_size,
