@@ -30,6 +30,8 @@
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -174,7 +176,17 @@ TEST_CASE("the expert-parallel preset loads with DeepSeek-V3's shape over 8 rank
 }
 
 TEST_CASE("default.yaml spells out every default") {
-  const DispatchConfig cfg = moe_dispatch::load_config(source_dir() / "configs" / "default.yaml");
+  const std::filesystem::path path = source_dir() / "configs" / "default.yaml";
+  // Each key is written in the file (a key left out would parse to its default too).
+  std::ifstream file(path);
+  const std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  for (const char* key : {"num_experts:", "top_k:", "block_size:", "buckets:", "pad_sorted_ids:",
+                          "overflow:", "capture:", "fixed_count_graphs_up_to:", "device:", "log:",
+                          "expert_map:", "expert_parallel:"}) {
+    INFO(key);
+    CHECK(text.find(std::string("\n") + key) != std::string::npos);
+  }
+  const DispatchConfig cfg = moe_dispatch::load_config(path);
   const DispatchConfig defaults;
   CHECK(cfg.pad_sorted_ids == defaults.pad_sorted_ids);
   CHECK(cfg.overflow == defaults.overflow);

@@ -303,14 +303,22 @@ std::string check_send_plan(md::ExpertParallelDispatch& ep, const EpShape& s,
   return {};
 }
 
-void poison_local(const md::EpDispatchOutputs& out) {
+// Poisons everything the unpack (or the dispatch graph) writes: the received rows, their count,
+// and the local alignment with its post pad and counters.
+void poison_local(const md::ExpertParallelDispatch& ep, const md::EpDispatchOutputs& out) {
   sync_device();
-  MOE_DISPATCH_CUDA_CHECK(
-      cudaMemset(const_cast<std::int32_t*>(out.local.sorted_token_ids), md::test::kPoisonByte,
-                 static_cast<std::size_t>(out.local.sorted_token_ids_size) * 4));
-  MOE_DISPATCH_CUDA_CHECK(cudaMemset(const_cast<std::int32_t*>(out.local.expert_ids),
-                                     md::test::kPoisonByte,
-                                     static_cast<std::size_t>(out.local.expert_ids_size) * 4));
+  const auto poison = [](const void* p, std::size_t bytes) {
+    MOE_DISPATCH_CUDA_CHECK(cudaMemset(const_cast<void*>(p), md::test::kPoisonByte, bytes));
+  };
+  const auto rows = static_cast<std::size_t>(out.max_received);
+  poison(out.local.sorted_token_ids, static_cast<std::size_t>(out.local.sorted_token_ids_size) * 4);
+  poison(out.local.expert_ids, static_cast<std::size_t>(out.local.expert_ids_size) * 4);
+  poison(out.local.num_tokens_post_pad, 4);
+  poison(out.local.counters, sizeof(md::DeviceCounters));
+  poison(out.num_received, 4);
+  poison(out.topk_ids, rows * kTopK * 4);
+  poison(out.topk_weights, rows * kTopK * 4);
+  poison(out.hidden, rows * kHiddenSize * md::element_bytes(ep.config().hidden_type));
   sync_device();
 }
 
@@ -327,7 +335,7 @@ md::EpDispatchOutputs dispatch_step(md::ExpertParallelDispatch& ep, bool graphs,
 // checks see only what the second one wrote. Every rank does the same (the exchange is collective).
 md::EpDispatchOutputs poisoned_dispatch(md::ExpertParallelDispatch& ep, bool graphs, int num_tokens,
                                         int step_max, cudaStream_t stream) {
-  poison_local(dispatch_step(ep, graphs, num_tokens, step_max, stream));
+  poison_local(ep, dispatch_step(ep, graphs, num_tokens, step_max, stream));
   return dispatch_step(ep, graphs, num_tokens, step_max, stream);
 }
 
@@ -428,7 +436,7 @@ TEST_CASE("the round trip of all ranks on one GPU, exchanges copied, matches the
             std::vector<md::EpDispatchOutputs> outs;
             for (int r = 0; r < world; ++r) {
               // The first unpack shows where the local outputs live; poison them and unpack again.
-              poison_local(ranks[r].unpack(stream.get()));
+              poison_local(ranks[r], ranks[r].unpack(stream.get()));
               outs.push_back(ranks[r].unpack(stream.get()));
               const std::string received = check_received(ranks[r], outs.back(), s, inputs, r);
               CHECK_MESSAGE(received.empty(), "rank " << r << ": " << received);
@@ -518,7 +526,7 @@ TEST_CASE("dispatch and combine inside the caller's stream capture replay exactl
     const EpRankInput in = random_input(n, Routing::kWithInvalid, rng);
     write_input(ep, in);
     mark_output(ep);
-    poison_local(out);
+    poison_local(ep, out);
     MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(dispatch_exec.get(), stream.get()));
     MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
     const std::string received = check_received(ep, out, s, {in}, 0);

@@ -565,16 +565,6 @@ TEST_CASE("reused buffers holding garbage are fully overwritten") {
   check_same(out, align_reference(kVllmIds, kVllmShape));
 }
 
-TEST_CASE("the convenience overload equals the buffer-reusing one") {
-  std::mt19937 rng(16);
-  const Ids ids = make_routing(Routing::kUniform, 100, 4, 12, rng);
-  const ExpertMap map = random_map(12, 50, ExpertMapMode::kMapAfter, rng);
-  HostAlignResult out;
-  std::vector<std::int32_t> counts;
-  align_reference(ids, AlignShape{12, 4, 8, true}, &map, out, counts);
-  check_same(out, align_reference(ids, AlignShape{12, 4, 8, true}, &map));
-}
-
 TEST_CASE("top_k 0 is an ArgumentError") {
   CHECK_THROWS_AS(align_reference(Ids{}, AlignShape{4, 0, 4, false}), ArgumentError);
   CHECK_THROWS_AS(align_reference(Ids{1, 2}, AlignShape{4, 0, 4, false}), ArgumentError);

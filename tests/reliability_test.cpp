@@ -713,6 +713,20 @@ TEST_CASE("a stream of another device is rejected with both devices named") {
     MOE_DISPATCH_CUDA_CHECK(cudaGetDevice(&current_after));
     CHECK(current_after == current_before);
     CHECK(total_replays(stage) == 0);
+    // A run on the stage's own stream, called while the other device is current, leaves that
+    // device current.
+    md::Stream own;
+    {
+      const md::DeviceGuard guard(stage_device);
+      own = md::make_stream();
+    }
+    const md::DeviceGuard caller(other);
+    stage.run(5, own.get());
+    MOE_DISPATCH_CUDA_CHECK(cudaStreamSynchronize(own.get()));
+    int current_after_run = -1;
+    MOE_DISPATCH_CUDA_CHECK(cudaGetDevice(&current_after_run));
+    CHECK(current_after_run == other);
+    CHECK(total_replays(stage) == 1);
   }
 }
 

@@ -36,7 +36,8 @@ bool same_config(const moe_dispatch::DispatchConfig& a, const moe_dispatch::Disp
   if (a.expert_map.has_value() && !same_map(*a.expert_map, *b.expert_map)) return false;
   return a.num_experts == b.num_experts && a.top_k == b.top_k && a.block_size == b.block_size &&
          a.buckets == b.buckets && a.pad_sorted_ids == b.pad_sorted_ids &&
-         a.overflow == b.overflow && a.capture == b.capture && a.device == b.device &&
+         a.overflow == b.overflow && a.capture == b.capture &&
+         a.fixed_count_graphs_up_to == b.fixed_count_graphs_up_to && a.device == b.device &&
          a.log == b.log;
 }
 

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <iterator>
 #include <numeric>
 
 namespace moe_dispatch::test {
@@ -71,10 +73,14 @@ std::vector<std::int32_t> make_routing(Routing kind, int num_tokens, int top_k, 
       auto ids = rows_of(num_tokens, top_k, num_experts, [&] { return uniform(rng); });
       std::uniform_int_distribution<int> pct(0, 99);
       std::uniform_int_distribution<std::int32_t> wild(-1000, 1000);
+      // A quarter of the invalid ids at the ends of int32, where a sign or overflow slip shows.
+      constexpr std::int32_t kEnds[] = {INT32_MIN, INT32_MIN + 1, INT32_MAX - 1, INT32_MAX};
+      std::uniform_int_distribution<std::size_t> end(0, std::size(kEnds) - 1);
       for (auto& id : ids) {
-        if (pct(rng) < 5) {
+        const int p = pct(rng);
+        if (p < 5) {
           const std::int32_t w = wild(rng);
-          id = w < 0 ? w : num_experts + w;
+          id = p == 0 ? kEnds[end(rng)] : (w < 0 ? w : num_experts + w);
         }
       }
       return ids;

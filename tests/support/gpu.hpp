@@ -16,7 +16,8 @@ enum class Routing {
   kOneNonEmpty,  // every expert empty but one (with top_k distinct slots filled from its
                  // neighbours)
   kZipf,         // Zipf-like skew over experts
-  kWithInvalid,  // uniform, with ~5% ids outside [0, E) (negative and >= E)
+  kWithInvalid,  // uniform, with ~5% ids outside [0, E) (negative and >= E; 1% at the ends of
+                 // int32)
 };
 
 // num_tokens * top_k ids. Rows hold distinct experts where E >= top_k (as a router's top-k does),
