@@ -263,7 +263,8 @@ struct DispatchStage::Impl {
           ": d_num_tokens must point to device memory on device " + std::to_string(config.device) +
           ", managed memory or page-locked host memory; it points to " +
           (a.type == cudaMemoryTypeDevice ? "device memory on device " + std::to_string(a.device)
-                                          : std::string("pageable host memory")));
+                                          : std::string("memory CUDA does not know (pageable "
+                                                        "host memory, or freed)")));
     }
     checked_count_pointers[next_checked++ % checked_count_pointers.size()] = d_num_tokens;
   }

@@ -26,7 +26,8 @@ struct AlignBuffersView {
   int host_num_tokens = 0;  // count when num_tokens is null
   // Either count is clamped to [0, max_tokens] (DeviceCounters::count_clamped flags it).
   // [E] or null: global expert -> local expert in [0, E), or -1 (DESIGN.md). Device memory is not
-  // checked on the host: a slot whose entry lies outside [-1, E) is skipped as a dropped one.
+  // checked on the host: applied before counting (not map_after), an entry outside [-1, E) drops
+  // its slots as -1 does; with map_after, entries are written to expert_ids as they are.
   const std::int32_t* expert_map = nullptr;
   bool map_after = false;  // ExpertMapMode::kMapAfter
   std::int32_t* sorted_token_ids = nullptr;

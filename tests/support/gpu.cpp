@@ -73,7 +73,8 @@ std::vector<std::int32_t> make_routing(Routing kind, int num_tokens, int top_k, 
       auto ids = rows_of(num_tokens, top_k, num_experts, [&] { return uniform(rng); });
       std::uniform_int_distribution<int> pct(0, 99);
       std::uniform_int_distribution<std::int32_t> wild(-1000, 1000);
-      // A quarter of the invalid ids at the ends of int32, where a sign or overflow slip shows.
+      // A fifth of the invalid ids (1% of all) at the ends of int32, where a sign or overflow slip
+      // shows.
       constexpr std::int32_t kEnds[] = {INT32_MIN, INT32_MIN + 1, INT32_MAX - 1, INT32_MAX};
       std::uniform_int_distribution<std::size_t> end(0, std::size(kEnds) - 1);
       for (auto& id : ids) {
