@@ -167,10 +167,6 @@ const char* exchange_suffix(mk::ClusterExchange exchange) {
   switch (exchange) {
     case mk::ClusterExchange::kReleased:
       return " (released)";
-    case mk::ClusterExchange::kFenced:
-      return " (fenced)";
-    case mk::ClusterExchange::kDisjoint:
-      return " (disjoint)";
     case mk::ClusterExchange::kBarrier:
       break;
   }
@@ -240,14 +236,12 @@ int sweep_planned(cudaStream_t stream) {
 // in device memory) and GPU time per one-node replay (count as a kernel parameter), in two rounds.
 int sweep_exchanges(cudaStream_t stream) {
   const std::int64_t numels[] = {1024, 2048, 4096, 8192, 16384};
-  constexpr mk::ClusterExchange kExchanges[] = {
-      mk::ClusterExchange::kBarrier, mk::ClusterExchange::kReleased, mk::ClusterExchange::kFenced,
-      mk::ClusterExchange::kDisjoint};
+  constexpr mk::ClusterExchange kExchanges[] = {mk::ClusterExchange::kBarrier,
+                                                mk::ClusterExchange::kReleased};
   std::mt19937 rng(23);
   std::printf(
       "| E | top_k | B | numel | threads x items x cluster | round | barrier µs | released µs | "
-      "fenced µs | disjoint µs | barrier replay µs | released replay µs | fenced replay µs | "
-      "disjoint replay µs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+      "barrier replay µs | released replay µs |\n|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Shape& s : kSweepShapes) {
     for (const std::int64_t numel : numels) {
       if (numel % s.top_k != 0) continue;

@@ -56,10 +56,7 @@ enum class ClusterExchange {
               // for; the fill of the owned blocks before it
   kReleased,  // asynchronous remote stores (st.async) that complete on the destination block's
               // mbarrier, which each block waits on alone; the release that the PTX ISA gives
-              // their completion orders the fill of the owned blocks before it
-  kFenced,    // the same stores after a cluster-scope fence that releases the fill
-  kDisjoint,  // the same stores, and no block writes an entry that another block of the cluster
-              // writes (the fill of the padding and the unused entries after the scan)
+              // their completion orders the fill of the owned blocks before it (the planner's)
 };
 
 // Launch shape of one alignment; a function of (max numel, E, B) only.

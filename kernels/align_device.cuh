@@ -374,8 +374,7 @@ struct UnusedTail {
 // overwrites the slots and used blocks that fall in them, so the padding and the unused blocks
 // need no pass of their own after the scan. Only the owner writes its entries, and a barrier of
 // the owner (block or cluster) or the cluster's exchange lies between its two writes, so the
-// second one wins. A cluster with ClusterExchange::kDisjoint fills after the scan instead
-// (fill_padding, fill_unused), only what the slots and segments leave.
+// second one wins.
 struct OwnedBlocks {
   int first;
   int end;
@@ -395,23 +394,6 @@ struct OwnedBlocks {
   __device__ void prefill(const AlignParams& p, int numel, int thread, int threads) const {
     fill_range(p.expert_ids, first, end, -1, thread, threads);
     fill_range(p.sorted_token_ids, first_entry, end_entry, numel, thread, threads);
-  }
-
-  // -1 and the sentinel over the owned blocks and entries from the used ones on, spread over
-  // `threads` threads of the owner.
-  __device__ void fill_unused(const AlignParams& p, int used_blocks, int numel, int thread,
-                              int threads) const {
-    fill_range(p.expert_ids, max(first, min(used_blocks, end)), end, -1, thread, threads);
-    fill_range(p.sorted_token_ids, max(first_entry, min(used_blocks * p.block_size, end_entry)),
-               end_entry, numel, thread, threads);
-  }
-
-  // The sentinel over the owned entries among [begin, stop) (a segment's padding), spread over
-  // `threads` (at least 3) threads.
-  __device__ void fill_padding(const AlignParams& p, int begin, int stop, int numel, int thread,
-                               int threads) const {
-    const int from = max(begin, first_entry);
-    fill_range(p.sorted_token_ids, from, max(min(stop, end_entry), from), numel, thread, threads);
   }
 
   // expert_ids of the owned blocks among [start, start + blocks), a segment of `owner_id`.

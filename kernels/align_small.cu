@@ -6,10 +6,11 @@
 // only its share of the outputs: a one-block kernel is bound by one SM's store throughput
 // (measured: 8192 scattered slots took ~20 us on one SM of the H100), while the counting it
 // repeats is cheap at these sizes. In a cluster each block ranks its share of the slots, and the
-// blocks exchange their per-expert totals through distributed shared memory (remote stores, then
-// one cluster barrier, or ClusterExchange's other forms), so the serial ranking walk per block
-// shrinks with the cluster; a one-block shape may add warps that only fill while the others rank.
-// The kernel is latency-bound; docs/KERNELS.md lists what it keeps off its critical path.
+// blocks exchange their per-expert totals through distributed shared memory (asynchronous remote
+// stores each block waits for alone, or stores then one cluster barrier), so the serial ranking
+// walk per block shrinks with the cluster; a one-block shape may add warps that only fill while the
+// others rank. The kernel is latency-bound; docs/KERNELS.md lists what it keeps off its critical
+// path.
 #include <cooperative_groups.h>
 
 #include <iterator>
@@ -23,33 +24,24 @@
 namespace moe_dispatch::kernels {
 namespace {
 
-// In a cluster, the shared int32 arrays before cluster_counts (starts, base, and with
-// ClusterExchange::kDisjoint slot_ends), rounded up to whole 16-byte quads, and the entries of a
-// row of cluster_counts: E rounded up to 8, so rows are whole quads too.
-__host__ __device__ constexpr int cluster_ints_before(int num_experts, bool late_fill) {
-  return ((late_fill ? 3 : 2) * num_experts + 3) / 4 * 4;
-}
-
-// Threads per expert that fill the padding of the block's experts after the scan (kDisjoint): as
-// many as the block's threads give each of its `experts`, a power of two from 4 (fill_range's
-// edges take 3) to a warp.
-__device__ __forceinline__ int padding_group(int threads, int experts) {
-  int group = 4;
-  while (group < kWarp && group * 2 * experts <= threads) group *= 2;
-  return group;
+// In a cluster, the shared int32 arrays before cluster_counts (starts and base), rounded up to
+// whole 16-byte quads, and the entries of a row of cluster_counts: E rounded up to 8, so rows are
+// whole quads too.
+__host__ __device__ constexpr int cluster_ints_before(int num_experts) {
+  return (2 * num_experts + 3) / 4 * 4;
 }
 __host__ __device__ constexpr int cluster_row(int num_experts) { return (num_experts + 7) / 8 * 8; }
 
-// Shared memory: starts[E] (int32), with clusters also base[E] (int32), with kDisjoint also
-// slot_ends[E] (int32), rounded up to whole quads (cluster_ints_before), then
+// Shared memory: starts[E] (int32), with clusters also base[E] (int32), rounded up to whole quads
+// (cluster_ints_before), then
 // cluster_counts[kClusterBlocks][cluster_row(E)] (16-bit), then one row of 16-bit counters per
 // warp (small_shared_bytes).
 // Barriers: rows complete -> (clusters: block totals complete in the cluster) -> (segment scan's
 // own) -> segment starts complete. Outside a cluster the first barrier also orders the fill of the
 // owned blocks before any write over them; in a cluster the exchange does (kBarrier: the cluster
 // barrier's default release and acquire; kReleased: the release of the remote stores' completion
-// and the acquire of the wait for them; kFenced: a fence before those stores too): keep the fill
-// above it. With kDisjoint no entry is written twice. kThreads threads rank (kItems slots each);
+// and the acquire of the wait for them): keep the fill above it. kThreads threads rank (kItems
+// slots each);
 // kFillThreads more (whole warps, after them) only fill the owned blocks while the others rank,
 // then take part in the scan.
 template <int kThreads, int kItems, int kClusterBlocks, int kFillThreads, ClusterExchange kExchange>
@@ -60,8 +52,6 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
   constexpr bool kClustered = kClusterBlocks > 1;
   // The exchange completes on an mbarrier in each block (all but kBarrier).
   constexpr bool kAsyncExchange = kClustered && kExchange != ClusterExchange::kBarrier;
-  // Each block's fill of the cluster's output blocks waits for the scan (kDisjoint).
-  constexpr bool kLateFill = kClustered && kExchange == ClusterExchange::kDisjoint;
   static_assert(kFillThreads % kWarp == 0 && (kFillThreads == 0 || !kClustered),
                 "fill threads come in whole warps, in one-block shapes");
   static_assert(kClustered || kExchange == ClusterExchange::kBarrier,
@@ -71,11 +61,9 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
   // In a cluster: the slots of each expert in the cluster's earlier blocks, and every block's
   // slots of each expert (row r written by block r, into every block of the cluster).
   int* base = kClustered ? starts + p.num_experts : nullptr;
-  // Each expert's first entry past its slots, start * B + count (kDisjoint).
-  int* slot_ends = kLateFill ? base + p.num_experts : nullptr;
   const int cluster_stride = cluster_row(p.num_experts);
   auto* cluster_counts = reinterpret_cast<std::uint16_t*>(
-      kClustered ? starts + cluster_ints_before(p.num_experts, kLateFill) : nullptr);
+      kClustered ? starts + cluster_ints_before(p.num_experts) : nullptr);
   auto* rows = kClustered ? cluster_counts + kClusterBlocks * cluster_stride
                           : reinterpret_cast<std::uint16_t*>(starts + p.num_experts);
   __shared__ ScanStorage<kBlockThreads> scan_temp;
@@ -98,17 +86,11 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
   // kernel time at every clustered point, level or more in the one-block shapes, which zero after
   // it). Distributed shared memory may be written only once every block of the cluster runs: each
   // block arrives meanwhile too and waits before its first remote store; with an asynchronous
-  // exchange its mbarrier is set up before, to expect the bytes the other blocks send it: their
-  // rows, and in block 0 their invalid ids.
+  // exchange its mbarrier is initialized before.
   std::uint16_t* row = rows + warp * row_stride(p.num_experts);
   const OneKernelStart<kItems> start(p, first, [&] {
     if constexpr (kAsyncExchange) {
-      if (threadIdx.x == 0) {
-        const int bytes =
-            (kClusterBlocks - 1) * (cluster_stride * static_cast<int>(sizeof(std::uint16_t)) +
-                                    (member == 0 ? static_cast<int>(sizeof(int)) : 0));
-        expect_bytes(&exchange_barrier, static_cast<std::uint32_t>(bytes));
-      }
+      if (threadIdx.x == 0) init_arrival(&exchange_barrier);
     }
     if constexpr (kClustered) {
       __cluster_barrier_arrive_relaxed();
@@ -119,11 +101,11 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
 
   // This cluster's output blocks take -1 and the sentinel while the ids arrive; the slots and the
   // used blocks among them are written over after the scan (the barrier or exchange below orders
-  // the two). With kDisjoint a cluster fills only what the scan leaves, after it.
+  // the two).
   const OwnedBlocks own(p, cluster_index, start.extent, start.extent_blocks);
   if constexpr (kFillThreads > 0) {
     if (!ranks) own.prefill(p, numel, static_cast<int>(threadIdx.x) - kThreads, kFillThreads);
-  } else if constexpr (!kLateFill) {
+  } else {
     own.prefill(p, numel, member * kThreads + static_cast<int>(threadIdx.x),
                 kClusterBlocks * kThreads);
   }
@@ -178,9 +160,16 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
       namespace cg = cooperative_groups;
       __cluster_barrier_wait();  // every block of the cluster runs
       __syncthreads();           // this block's row complete (and its fill, before the sends)
-      // The fill reaches the blocks that receive this block's rows before they do (cumulative:
-      // the barrier above orders every thread's fill before the fence).
-      if constexpr (kExchange == ClusterExchange::kFenced) fence_cluster();
+      if constexpr (kAsyncExchange) {
+        // The arrival on this block's mbarrier, announcing the bytes the other blocks send it:
+        // their rows, and in block 0 their invalid ids.
+        if (threadIdx.x == 0) {
+          const int bytes =
+              (kClusterBlocks - 1) * (cluster_stride * static_cast<int>(sizeof(std::uint16_t)) +
+                                      (member == 0 ? static_cast<int>(sizeof(int)) : 0));
+          expect_bytes(&exchange_barrier, static_cast<std::uint32_t>(bytes));
+        }
+      }
       {
         constexpr int kSenders = kWarps / kClusterBlocks;  // warps per destination
         const int destination = warp % kClusterBlocks;
@@ -217,7 +206,7 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
       }
       if constexpr (kAsyncExchange) {
         // Every other block's row (and in block 0 their invalid ids) landed in this block, with
-        // their fill before (kReleased, kFenced). A block that passes this wait receives nothing
+        // their fill before. A block that passes this wait receives nothing
         // more, and sends from its registers only, so it may exit before the others.
         wait_bytes(&exchange_barrier);
       } else {
@@ -252,15 +241,7 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
     int segment_start[kPer];
     const int used_blocks = scan_segment_starts<kBlockThreads>(p, first_expert, count, blocks,
                                                                segment_start, starts, scan_temp);
-    if constexpr (kLateFill) {
-#pragma unroll
-      for (int i = 0; i < kPer; ++i) {
-        const int e = first_expert + i;
-        if (e < p.num_experts && e % kClusterBlocks == member)
-          slot_ends[e] = segment_start[i] * p.block_size + count[i];
-      }
-    }
-    __syncthreads();  // starts (and base, slot_ends) complete
+    __syncthreads();  // starts (and base) complete
 
     // The counters: one thread of the grid, the last of block 0.
     if (blockIdx.x == 0 && threadIdx.x == kLast) {
@@ -291,21 +272,6 @@ __global__ void __launch_bounds__(kThreads + kFillThreads) align_small_kernel(co
       const int e = first_expert + i;
       if (count[i] != 0 && (!kClustered || e % kClusterBlocks == member))
         own.write_segment_blocks(p, segment_start[i], blocks[i], block_owner(p, e));
-    }
-    if constexpr (kLateFill) {
-      // The padding of this block's experts (every kClusterBlocks-th), a group of threads each,
-      // from the end of its slots to the next segment's start; then everything past the used
-      // blocks, over the cluster's threads.
-      const int experts = (p.num_experts - member + kClusterBlocks - 1) / kClusterBlocks;
-      const int group = padding_group(kBlockThreads, experts);
-      const int thread = static_cast<int>(threadIdx.x);
-#pragma unroll 1
-      for (int j = thread / group; j < experts; j += kBlockThreads / group) {
-        const int e = j * kClusterBlocks + member;
-        const int segment_end = e + 1 < p.num_experts ? starts[e + 1] : used_blocks;
-        own.fill_padding(p, slot_ends[e], segment_end * p.block_size, numel, thread % group, group);
-      }
-      own.fill_unused(p, used_blocks, numel, member * kThreads + thread, kClusterBlocks * kThreads);
     }
   };
   with_experts_per_thread<1, experts_per_thread_bound(kBlockThreads, kSmallMaxExperts)>(
@@ -353,10 +319,9 @@ namespace {
 // above the kernel).
 std::size_t small_shared_bytes(int num_experts, const SmallShape& shape) {
   const bool clustered = shape.cluster > 1;
-  const std::size_t int_entries =
-      clustered
-          ? static_cast<std::size_t>(cluster_ints_before(num_experts, shape.exchange == kDisjoint))
-          : static_cast<std::size_t>(num_experts);
+  const std::size_t int_entries = clustered
+                                      ? static_cast<std::size_t>(cluster_ints_before(num_experts))
+                                      : static_cast<std::size_t>(num_experts);
   return sizeof(int) * int_entries +
          (clustered ? sizeof(std::uint16_t) * static_cast<std::size_t>(shape.cluster) *
                           static_cast<std::size_t>(cluster_row(num_experts))

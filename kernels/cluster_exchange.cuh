@@ -1,7 +1,7 @@
 // Distributed shared memory stores that complete on the destination block's mbarrier (sm_90,
 // PTX `st.async` with `mbarrier::complete_tx`): a block of a cluster waits for the bytes the other
 // blocks send it, not for every block to reach a cluster barrier. Used by the small variant's
-// clustered shapes with every ClusterExchange but kBarrier.
+// clustered shapes with ClusterExchange::kReleased.
 #pragma once
 
 #include <cstdint>
@@ -21,15 +21,24 @@ __device__ __forceinline__ std::uint32_t remote_address(std::uint32_t address, i
 }
 
 // One thread of the block, before its cluster barrier arrive: `barrier` becomes an mbarrier of one
-// arrival, made here, whose phase 0 completes once `bytes` more have been stored into the block by
-// store_remote. The fence makes the initialization visible to the other blocks once they have
-// waited on the cluster barrier that this block arrives at afterwards (relaxed arrive).
-__device__ __forceinline__ void expect_bytes(std::uint64_t* barrier, std::uint32_t bytes) {
-  const std::uint32_t address = shared_address(barrier);
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(address) : "memory");
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(address), "r"(bytes)
-               : "memory");
+// arrival, whose phase 0 completes once that arrival (expect_bytes) and every byte it announces
+// (stored into the block by store_remote) have come. The fence makes the initialization visible
+// to the other blocks once they have waited on the cluster barrier that this block arrives at
+// afterwards (relaxed arrive).
+__device__ __forceinline__ void init_arrival(std::uint64_t* barrier) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(shared_address(barrier)) : "memory");
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+
+// One thread of the block, after a block barrier that follows init_arrival (racecheck reports the
+// two in one thread, one after the other, as a hazard when the compiler issues the initialization
+// once per warp): the arrival, announcing `bytes` to be stored into the block. Bytes that land
+// before it leave the transaction count below zero until it comes, which the mbarrier allows.
+__device__ __forceinline__ void expect_bytes(std::uint64_t* barrier, std::uint32_t bytes) {
+  asm volatile(
+      "mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_address(barrier)),
+      "r"(bytes)
+      : "memory");
 }
 
 // Stores `value` at `address` (remote_address) and counts its bytes on the destination's mbarrier
@@ -48,12 +57,6 @@ __device__ __forceinline__ void store_remote(std::uint32_t address, int value,
       "st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(address),
       "r"(value), "r"(barrier)
       : "memory");
-}
-
-// Orders this thread's earlier memory operations, and those ordered before them (by a block
-// barrier), before its later ones, for every thread of the cluster.
-__device__ __forceinline__ void fence_cluster() {
-  asm volatile("fence.acq_rel.cluster;" ::: "memory");
 }
 
 // Waits until phase 0 of the block's mbarrier completed (every byte expected has landed), with
