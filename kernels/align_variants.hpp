@@ -115,6 +115,15 @@ struct SmallShapeRule {
 //   5.45 / 6.30 against 5.62 / 6.37 for 8 x 256 x 4; 16384 6.28 / 7.25 against 6.63 / 7.64 for
 //   8 x 256 x 8; with 128 blocks, 06:43Z-06:46Z, the 256-thread shapes and one block had led);
 // - E past 1024 keeps the shapes without fill warps or clusters, not measured against them.
+// With the clusters' exchange on st.async (kReleased, H100, 2026-12-06 02:33Z, one run of
+// `variant_bench shapes`, kernel time / per replay) two of the rules above moved:
+// - 513-1024 slots take clusters of 4 x 256 x 1 at every E up to 1024: E 8 2.21 / 3.23 against
+//   2.54 / 3.32 for one block of 256 x 4 (128 x 2 x 4 2.25 / 3.15); E 64 2.26 / 3.17 and E 128
+//   2.31 / 3.20 against 2.29 / 3.23 and 2.35 / 3.26 for 128 x 2 x 4; E 1024 3.52 / 4.47 against
+//   3.55 / 4.63 for 256 x 4 + 256; at 512 slots one block still leads (E 8 1.99 against 2.18);
+// - 8193-16384 slots for E <= 512 take 8 x 512 x 4: E 8 4.14 / 5.28 against 4.34 / 5.48 for
+//   8 x 256 x 8, E 64 3.90 / 4.99 against 4.08 / 5.05, E 256 4.30 / 5.41 against 4.33 / 5.47,
+//   E 512 4.67 / 5.65 against 4.72 / 5.75.
 inline constexpr SmallShapeRule kSmallShapeRules[] = {
     {128, 1024, {128, 1, 1, 128}},
     {256, 128, {128, 2, 1, 64}},
@@ -122,14 +131,11 @@ inline constexpr SmallShapeRule kSmallShapeRules[] = {
     {512, 256, {256, 2, 1, 128}},
     {512, 1024, {256, 2, 1, 256}},
     {512, kSmallMaxExperts, {256, 2, 1}},
-    {1024, 8, {256, 4, 1}},
-    {1024, 128, {128, 2, 4, 0, kReleased}},
-    {1024, 512, {256, 1, 4, 0, kReleased}},
-    {1024, 1024, {256, 4, 1, 256}},
+    {1024, 1024, {256, 1, 4, 0, kReleased}},
     {2048, 512, {256, 1, 8, 0, kReleased}},
     {4096, 512, {256, 2, 8, 0, kReleased}},
     {8192, 512, {256, 4, 8, 0, kReleased}},
-    {kSmallMaxNumel, 512, {256, 8, 8, 0, kReleased}},
+    {kSmallMaxNumel, 512, {512, 4, 8, 0, kReleased}},
     {2048, 1024, {256, 2, 4, 0, kReleased}},
     {2048, kSmallMaxExperts, {512, 4, 1}},
     {4096, 1024, {512, 1, 8, 0, kReleased}},

@@ -36,30 +36,31 @@ TEST_CASE("the planner: variant, block shape, cluster and large form on both sid
   CHECK((two.cluster == 1 && two.threads == 128 && two.items == 2 && two.fill_threads == 128));
   CHECK(mk::plan_align(256, 128, 64).fill_threads == 64);
   CHECK(mk::plan_align(257, 128, 64).threads == 256);
-  const mk::AlignPlan four = mk::plan_align(513, 8, 64);
-  CHECK((four.cluster == 1 && four.threads == 256 && four.items == 4 && four.fill_threads == 0));
-  const mk::AlignPlan pairs = mk::plan_align(1024, 9, 64);
-  CHECK((pairs.cluster == 4 && pairs.threads == 128 && pairs.items == 2));
-  CHECK(mk::plan_align(513, 128, 64).threads == 128);
-  const mk::AlignPlan singles = mk::plan_align(513, 129, 64);
-  CHECK((singles.cluster == 4 && singles.threads == 256 && singles.items == 1));
-  CHECK(mk::plan_align(1024, 512, 64).cluster == 4);
-  CHECK(mk::plan_align(1024, 513, 64).cluster == 1);
-  CHECK(mk::plan_align(1024, 513, 64).fill_threads == 256);
+  // 513-1024 slots: clusters of 4 x 256 x 1 for every E up to 1024, one block of 512 x 4 above.
+  for (const int experts : {1, 8, 9, 128, 129, 512, 513, 1024}) {
+    INFO("E " << experts);
+    for (const std::int64_t numel : {513, 1024}) {
+      const mk::AlignPlan singles = mk::plan_align(numel, experts, 64);
+      CHECK((singles.cluster == 4 && singles.threads == 256 && singles.items == 1 &&
+             singles.exchange == mk::ClusterExchange::kReleased));
+    }
+  }
+  CHECK(mk::plan_align(512, 8, 64).cluster == 1);
+  CHECK(mk::plan_align(1024, 1025, 64).cluster == 1);
   CHECK(mk::plan_align(1025, 512, 64).cluster == 8);
   CHECK(mk::plan_align(4096, 512, 64).cluster == 8);
-  CHECK(mk::plan_align(1024, 1024, 64).cluster == 1);
   CHECK(mk::plan_align(1025, 1024, 64).cluster == 4);
   CHECK(mk::plan_align(2049, 1024, 64).cluster == 8);
   CHECK(mk::plan_align(2048, 1025, 64).cluster == 1);
   CHECK(mk::plan_align(4096, 1025, 64).cluster == 1);
-  // In the clusters, blocks of 256 threads for E <= 512, and for E 513-1024 up to 2048 slots; of
-  // 512 threads above. Their slots per thread grow with the step.
+  // In the clusters, blocks of 256 threads for E <= 512 up to 8192 slots, and for E 513-1024 up to
+  // 2048; of 512 threads above. Their slots per thread grow with the step.
   for (const auto& [numel, experts, threads, cluster, items] :
        {std::tuple{2048, 512, 256, 8, 1}, std::tuple{4096, 512, 256, 8, 2},
-        std::tuple{8192, 512, 256, 8, 4}, std::tuple{16384, 512, 256, 8, 8},
-        std::tuple{2048, 1024, 256, 4, 2}, std::tuple{4096, 1024, 512, 8, 1},
-        std::tuple{8192, 1024, 512, 8, 2}, std::tuple{16384, 1024, 512, 8, 4}}) {
+        std::tuple{8192, 512, 256, 8, 4}, std::tuple{8193, 512, 512, 8, 4},
+        std::tuple{16384, 512, 512, 8, 4}, std::tuple{2048, 1024, 256, 4, 2},
+        std::tuple{4096, 1024, 512, 8, 1}, std::tuple{8192, 1024, 512, 8, 2},
+        std::tuple{16384, 1024, 512, 8, 4}}) {
     INFO("numel " << numel << ", E " << experts);
     const mk::AlignPlan plan = mk::plan_align(numel, experts, 64);
     CHECK(plan.threads == threads);
@@ -135,10 +136,10 @@ TEST_CASE("the one-kernel grids: 4096 output entries per block, clusters 512") {
       return plan.grid;
     };
     CHECK(one_block(128, 8, 64) == 1);        // 640 entries
-    CHECK(one_block(1024, 8, 64) == 2);       // 1536
+    CHECK(one_block(512, 16, 64) == 2);       // 1536
     CHECK(one_block(128, 64, 128) == 9);      // 8320
     CHECK(one_block(512, 256, 64) == 9);      // 16896
-    CHECK(one_block(1024, 1024, 32) == 9);    // 33792
+    CHECK(one_block(512, 1024, 32) == 9);     // 33280
     CHECK(one_block(128, 1024, 128) == 33);   // 131200
     CHECK(one_block(2048, 2048, 128) == 65);  // 264192
   }
