@@ -11,6 +11,8 @@
 // host cost of the runtime calls run() makes besides the launch, the launch and two of those calls
 // through the runtime and through the driver in interleaved rounds, and of the kernel-parameter
 // update it makes when a count changes, against a stream write of the count before the launch.
+// The first table is measured twice: while the process has run work on one stream only, and after
+// it has run work on two (the state of an engine's process, bench/two_streams.hpp).
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
@@ -24,6 +26,7 @@
 #include "moe_dispatch/cuda_raii.hpp"
 #include "moe_dispatch/errors.hpp"
 #include "queued_timing.hpp"
+#include "two_streams.hpp"
 
 namespace md = moe_dispatch;
 
@@ -226,19 +229,25 @@ int main() {
        "of 8",
        launch_fill_cluster_barrier, kClusterGrid}};
   std::printf(
-      "| kernel | blocks | graph µs (per node of 100) | replay µs (one-node graph) | "
+      "| kernel | blocks | process | graph µs (per node of 100) | replay µs (one-node graph) | "
       "replay GPU µs, queued | host µs per cudaGraphLaunch |\n");
-  std::printf("|---|---|---|---|---|---|\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
   cudaStream_t s = stream.get();
-  for (const Case& c : cases) {
-    const md::GraphExec hundred = capture(c.launch, 100, stream.get(), in.get(), out.get(), c.grid);
-    const md::GraphExec one = capture(c.launch, 1, stream.get(), in.get(), out.get(), c.grid);
-    const cudaGraphExec_t one_exec = one.get();
-    std::printf("| %s | %d | %.2f | %.2f | %.2f | %.2f |\n", c.name, c.grid,
-                median_us(hundred.get(), 1, 100, s), median_us(one_exec, 1000, 1, s),
-                md::bench::queued_us_per_call(
-                    s, 15, 64, [&] { MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(one_exec, s)); }),
-                host_launch_us(one_exec, s));
+  // Each case first with work run on this one stream only, then in an engine's process state.
+  for (const bool two_streams : {false, true}) {
+    if (two_streams) md::bench::run_work_on_two_streams();
+    for (const Case& c : cases) {
+      const md::GraphExec hundred =
+          capture(c.launch, 100, stream.get(), in.get(), out.get(), c.grid);
+      const md::GraphExec one = capture(c.launch, 1, stream.get(), in.get(), out.get(), c.grid);
+      const cudaGraphExec_t one_exec = one.get();
+      std::printf("| %s | %d | %s | %.2f | %.2f | %.2f | %.2f |\n", c.name, c.grid,
+                  two_streams ? "two streams" : "one stream", median_us(hundred.get(), 1, 100, s),
+                  median_us(one_exec, 1000, 1, s),
+                  md::bench::queued_us_per_call(
+                      s, 15, 64, [&] { MOE_DISPATCH_CUDA_CHECK(cudaGraphLaunch(one_exec, s)); }),
+                  host_launch_us(one_exec, s));
+    }
   }
   int device = 0;
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;

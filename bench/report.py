@@ -32,7 +32,8 @@ STAGE_LINES = [
 KERNEL_COLUMNS = [  # (header, JSON key, decimals; None: as is)
     ("model", "model", None), ("E", "experts", None), ("top_k", "top_k", None),
     ("B", "block", None), ("tokens", "tokens", None), ("launches", "launches", None),
-    ("eager µs", "eager_us", 2), ("graph µs", "graph_us", 2), ("replay µs", "replay_us", 2),
+    ("eager µs", "eager_us", 2), ("graph µs", "graph_us", 2),
+    ("graph µs, one stream", "graph_one_stream_us", 2), ("replay µs", "replay_us", 2),
     ("replay GPU µs, queued", "replay_queued_us", 2), ("floor/replay", "floor_fraction", 2),
     ("best peer graph µs", "peer_graph_us", 1),
 ]

@@ -2,6 +2,8 @@
 // block shapes, the large variant's forms and the one-kernel grids. A tuning tool over the internal
 // kernels (not public API): per shape and token count, kernel time with 100 calls captured in one
 // graph (medians of 15 replays), and, for the shapes and grids, GPU time per one-node replay.
+// It runs its work on one stream, so its kernel times compare with dispatch_bench's "one stream"
+// column, ~0.18 us below an engine's process state (bench/two_streams.hpp).
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
