@@ -43,10 +43,11 @@ constexpr OneKernelRule kOneKernelRules[] = {{kSmallMaxNumel, 1, 1024},
 }  // namespace
 
 AlignPlan plan_align(std::int64_t max_numel, int num_experts, int block_size) {
-  // The tiny variant (ranks in registers, one block barrier) takes every step it can: ahead of the
-  // small one up to kTinyMaxNumel slots for every E measured (8 to 1024), 1.4-2.0 against 2.0-4.1
-  // us (H200, docs/BENCHMARKS.md).
-  if (max_numel <= kTinyMaxNumel) {
+  // The tiny variant (ranks in registers, one block barrier) takes every step up to 32 slots, and
+  // up to kTinyMaxNumel for E above 256. At 33-64 slots the small one is ahead for E <= 256 (H100,
+  // 2026-12-06: 1.69-1.76 against 1.73-1.86 us of kernel time; 64 slots of default.yaml replay in
+  // 2.85 us against 3.12) and behind above (E 512: 1.98 against 1.87; E 1024: 2.40 against 1.95).
+  if (max_numel <= kTinyMaxNumel / 2 || (max_numel <= kTinyMaxNumel && num_experts > 256)) {
     return plan_align(max_numel, num_experts, block_size, AlignVariant::kTiny);
   }
   const bool small = std::any_of(

@@ -15,11 +15,13 @@ const bool kNeedsGpu = false;
 namespace mk = moe_dispatch::kernels;
 
 TEST_CASE("the planner: variant, block shape, cluster and large form on both sides of each bound") {
-  for (const int experts : {8, 64, 128, 256}) {
-    for (const int numel : {1, 64, 65, 1024, 4096}) {
+  // The tiny variant up to 32 slots for every E, up to 64 for E above 256; the small one above.
+  for (const int experts : {8, 64, 128, 256, 257, 1024}) {
+    for (const int numel : {1, 32, 33, 64, 65, 1024, 4096}) {
       const mk::AlignPlan plan = mk::plan_align(numel, experts, 64);
+      const bool tiny = numel <= 32 || (numel <= 64 && experts > 256);
       CHECK(plan.kernels == 1);
-      CHECK(plan.variant == (numel <= 64 ? mk::AlignVariant::kTiny : mk::AlignVariant::kSmall));
+      CHECK(plan.variant == (tiny ? mk::AlignVariant::kTiny : mk::AlignVariant::kSmall));
     }
   }
   CHECK(mk::plan_align(std::int64_t{1} << 20, 256, 64).variant == mk::AlignVariant::kLarge);
@@ -121,8 +123,8 @@ TEST_CASE("the one-kernel grids: 4096 output entries per block, clusters 512") {
   // Output entries: max numel + E * B; at most 128 blocks.
   SUBCASE("tiny: one block per 4096 entries") {
     CHECK(mk::plan_align(8, 8, 64).grid == 1);         // 520 entries
-    CHECK(mk::plan_align(64, 64, 128).grid == 3);      // 8256
-    CHECK(mk::plan_align(64, 256, 64).grid == 5);      // 16448
+    CHECK(mk::plan_align(32, 64, 128).grid == 3);      // 8224
+    CHECK(mk::plan_align(32, 256, 64).grid == 5);      // 16416
     CHECK(mk::plan_align(64, 512, 64).grid == 9);      // 32832
     CHECK(mk::plan_align(8, 1024, 128).grid == 33);    // 131080
     CHECK(mk::plan_align(64, 4096, 64).grid == 65);    // 262208
